@@ -1,0 +1,107 @@
+"""The privacy split: disjoint pools for members, non-members, the adversary and testing.
+
+- members: each client's training data (the union is the global scope's member set);
+- non-members: held out, same distribution, never seen by any client (to evaluate attacks);
+- population: the adversary's own data (shadow/reference models, calibration);
+- test: utility of the global and per-client models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from fedmia.data.partition import PartitionSpec, partition_indices
+from fedmia.errors import FedmiaError
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    """Fractions of the whole pool given to each part; they must sum to at most 1."""
+
+    members: float = 0.4
+    nonmembers: float = 0.2
+    population: float = 0.2
+    test: float = 0.2
+
+    def __post_init__(self) -> None:
+        values = (self.members, self.nonmembers, self.population, self.test)
+        if min(values) <= 0 or sum(values) > 1 + 1e-9:
+            raise FedmiaError(
+                f"split fractions {values} must be positive and sum to at most 1; fix [split]"
+            )
+
+
+@dataclass(frozen=True)
+class PrivacySplit:
+    """Index arrays into the dataset pool; all pools are pairwise disjoint."""
+
+    clients: tuple[np.ndarray, ...]
+    nonmembers: np.ndarray
+    population: np.ndarray
+    test: np.ndarray
+    fractions: SplitFractions = field(default_factory=SplitFractions)
+
+    @property
+    def members(self) -> np.ndarray:
+        return np.sort(np.concatenate(self.clients))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fractions": vars(self.fractions),
+            "clients": [part.tolist() for part in self.clients],
+            "nonmembers": self.nonmembers.tolist(),
+            "population": self.population.tolist(),
+            "test": self.test.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PrivacySplit:
+        def as_indices(values: list[int]) -> np.ndarray:
+            return np.asarray(values, dtype=np.int64)
+
+        return cls(
+            clients=tuple(as_indices(part) for part in data["clients"]),
+            nonmembers=as_indices(data["nonmembers"]),
+            population=as_indices(data["population"]),
+            test=as_indices(data["test"]),
+            fractions=SplitFractions(**data["fractions"]),
+        )
+
+
+def _carve(indices: np.ndarray, labels: np.ndarray, size: int, seed: int):
+    """Take `size` indices out of `indices`, stratified by label when every class allows it."""
+    counts = np.bincount(labels[indices])
+    stratify = labels[indices] if counts[counts > 0].min() >= 2 else None
+    taken, rest = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)
+    return np.sort(taken), rest
+
+
+def make_privacy_split(
+    labels: np.ndarray,
+    num_clients: int,
+    partition: PartitionSpec,
+    seed: int,
+    fractions: SplitFractions | None = None,
+) -> PrivacySplit:
+    """Deterministic in (labels, num_clients, partition, seed, fractions)."""
+    fractions = fractions or SplitFractions()
+    total = len(labels)
+    sizes = [int(total * f) for f in (fractions.test, fractions.population, fractions.nonmembers)]
+    if min(sizes) < 2 or int(total * fractions.members) < num_clients:
+        raise FedmiaError(
+            f"{total} samples are too few for {num_clients} clients with split {vars(fractions)}; "
+            "lower --clients or use a larger dataset"
+        )
+    rest = np.arange(total, dtype=np.int64)
+    pools = []
+    for offset, size in enumerate(sizes):
+        taken, rest = _carve(rest, labels, size, seed + offset)
+        pools.append(taken)
+    test, population, nonmembers = pools
+    member_pool = np.sort(rest[: int(total * fractions.members)]) if fractions.members < 1 else rest
+    clients = partition_indices(member_pool, labels[member_pool], num_clients, partition, seed)
+    return PrivacySplit(tuple(clients), nonmembers, population, test, fractions)

@@ -1,0 +1,41 @@
+"""Local defenses, by name. Each module holds one defense; `DEFENSES` is the registry the CLI
+and config files use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedmia.defenses.base import ClientData, Defense, RoundContext, RoundReport
+from fedmia.defenses.none import NoDefense
+from fedmia.errors import FedmiaError
+
+DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (NoDefense,)}
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A defense name and its parameters, as written in a config file."""
+
+    name: str = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Defense:
+        if self.name not in DEFENSES:
+            raise FedmiaError(f"unknown defense {self.name!r}; choose one of {', '.join(DEFENSES)}")
+        return DEFENSES[self.name](**self.params)
+
+    @property
+    def needs_dp_compatible_model(self) -> bool:
+        return self.name in DEFENSES and DEFENSES[self.name].needs_dp_compatible_model
+
+
+__all__ = [
+    "DEFENSES",
+    "ClientData",
+    "Defense",
+    "DefenseSpec",
+    "NoDefense",
+    "RoundContext",
+    "RoundReport",
+]

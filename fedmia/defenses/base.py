@@ -1,0 +1,103 @@
+"""The interface every local defense implements.
+
+A defense is chosen per client. It is built once from its parameters (checked up front),
+may `prepare` once per client (e.g. synthesize data, train a teacher), then trains the
+received global model every round it is selected. Flower rebuilds clients each round, so all
+state that must survive a round (an accountant's history, a budget) goes through
+`state_dict`/`load_state_dict` as plain JSON values; the caller persists it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from fedmia.errors import FedmiaError
+from fedmia.privacy.budget import PrivacySpent
+from fedmia.training import TrainingPlan
+
+JSONValue = Any
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """What a client may train on: its own members, and nothing else."""
+
+    client_id: int
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """Where the client is in the federation, so a defense can plan its budget."""
+
+    server_round: int
+    total_rounds: int
+    plan: TrainingPlan
+    seed: int
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """What a client reports after a round. `stopped` means it did not train (budget spent),
+    so its upload must not count in the aggregate; `details` holds defense-specific values
+    (e.g. a per-layer noise allocation) that go to metrics.jsonl as they are."""
+
+    num_examples: int
+    train_loss: float
+    train_accuracy: float
+    seconds: float
+    privacy: PrivacySpent | None = None
+    stopped: bool = False
+    message: str = ""
+    details: dict[str, JSONValue] = field(default_factory=dict)
+
+
+class Defense(ABC):
+    """A local training procedure that protects the client's members."""
+
+    name: ClassVar[str]
+    #: True when training needs per-sample gradients, so the model must have no BatchNorm.
+    needs_dp_compatible_model: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        if params:
+            raise FedmiaError(
+                f"defense {self.name!r} takes no parameters, got {', '.join(sorted(params))}; "
+                "remove them"
+            )
+
+    def prepare(self, data: ClientData, plan: TrainingPlan, seed: int) -> None:
+        """One-time, per-client work before the first round; nothing by default."""
+
+    @abstractmethod
+    def train_round(self, model: nn.Module, data: ClientData, context: RoundContext) -> RoundReport:
+        """Train `model` (the current global model) in place on the client's data."""
+
+    def state_dict(self) -> dict[str, JSONValue]:
+        """State to carry to the next round (JSON values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, JSONValue]) -> None:
+        """Restore what `state_dict` returned last round."""
+
+
+def check_param(name: str, value: float, low: float, high: float = float("inf"),
+                *, defense: str) -> float:
+    """Range-check a numeric defense parameter; the error names the parameter and the range."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FedmiaError(f"defense {defense!r}: {name}={value!r} is not a number") from None
+    if not low <= number <= high:
+        raise FedmiaError(f"defense {defense!r}: {name}={value} is out of range [{low}, {high}]")
+    return number
