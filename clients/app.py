@@ -1,0 +1,66 @@
+"""The Flower ClientApp: an honest client that trains with its own local defense.
+
+Each virtual node is one client (its `partition-id`). Flower rebuilds the client every round,
+so the defense's state (an accountant, a budget) is kept in `context.state` between rounds;
+the run's data is loaded once per Ray actor (`load_prepared_run` caches it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmia.local import report_to_dict, run_local_round
+from fedmia.run import load_prepared_run
+
+STATE_KEY = "fedmia"
+REPORT_KEY = "report"
+
+
+def _load_defense_state(context: Context) -> dict[str, Any] | None:
+    record = context.state.config_records.get(STATE_KEY)
+    return json.loads(str(record["defense"])) if record is not None else None
+
+
+def _save_defense_state(context: Context, state: dict[str, Any]) -> None:
+    context.state.config_records[STATE_KEY] = ConfigRecord({"defense": json.dumps(state)})
+
+
+def train_metrics(client: int, report: dict[str, Any]) -> MetricRecord:
+    """The fixed set of numbers FedAvg aggregates; the full report travels as JSON beside it."""
+    return MetricRecord({
+        "num-examples": int(report["num_examples"]),
+        "client": client,
+        "train-loss": float(report["train_loss"]),
+        "train-accuracy": float(report["train_accuracy"]),
+        "stopped": int(report["stopped"]),
+    })
+
+
+def make_client_app(run_dir: str | None = None) -> ClientApp:
+    """A ClientApp for the run prepared at `run_dir` (default: the run config's `out`)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        run = load_prepared_run(run_dir or str(context.run_config["out"]))
+        client = int(context.node_config["partition-id"])
+        server_round = int(msg.content["config"]["server-round"])
+        result = run_local_round(run, client, msg.content["arrays"].to_torch_state_dict(),
+                                 server_round, _load_defense_state(context))
+        _save_defense_state(context, result.defense_state)
+        report = report_to_dict(client, result.report)
+        content = RecordDict({
+            "arrays": ArrayRecord(result.state),
+            "metrics": train_metrics(client, report),
+            REPORT_KEY: ConfigRecord({"json": json.dumps(report)}),
+        })
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

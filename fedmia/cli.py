@@ -1,0 +1,124 @@
+"""Command line: `python -m fedmia simulate ...` and `python -m fedmia check RUN_DIR`.
+
+Bad input of any kind ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+from fedmia.config import RunConfig, load_toml, resolve_config
+from fedmia.errors import FedmiaError
+
+USAGE_ERROR = 2
+
+# Per-client defense parameters accepted on the command line as comma lists.
+DEFENSE_PARAM_FLAGS = {
+    "epsilon": "target epsilon per client for DP defenses; a comma list is spread over the "
+               "clients in order (1,4,8,inf: four equal blocks); inf = no DP for those clients",
+    "delta": "delta per client for DP defenses (default: 1/(10 n_k) for a client with n_k examples)",
+    "max-grad-norm": "per-sample clipping norm C for DP defenses (default: 1.0)",
+    "accountant": "privacy accountant for DP defenses: rdp (default) or prv",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors in one line with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"fedmia: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(RunConfig) if f.name != "defenses"}
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    d = _defaults()
+    flag = parser.add_argument
+    flag("--config", type=Path, help="TOML file with any of the keys below and [[client]] groups; "
+                                     "flags override it")
+    flag("--clients", type=int, help=f"number of clients (default: {d['clients']})")
+    flag("--rounds", type=int, help=f"federated rounds (default: {d['rounds']})")
+    flag("--dataset", help=f"digits, fashion-mnist, mnist, cifar10, cifar100 (default: {d['dataset']})")
+    flag("--model", help=f"cnn, resnet18, vgg11 (default: {d['model']})")
+    flag("--partition", help=f"iid, dirichlet:ALPHA or classes:K (default: {d['partition']})")
+    flag("--local-epochs", type=int, help=f"local epochs per round (default: {d['local_epochs']})")
+    flag("--batch-size", type=int, help=f"local batch size (default: {d['batch_size']})")
+    flag("--lr", type=float, help=f"local SGD learning rate (default: {d['lr']})")
+    flag("--fraction", type=float, help=f"fraction of clients per round (default: {d['fraction']})")
+    flag("--seed", type=int, help=f"seed for split, weights and training (default: {d['seed']})")
+    flag("--out", help="run directory (default: runs/<dataset>-<clients>c-<rounds>r-seed<seed>)")
+    flag("--data-dir", help="folder holding the dataset files (default: $FEDMIA_DATA, then the "
+                            "Debian dataset folder for fashion-mnist)")
+    flag("--download", action="store_true", default=None,
+         help="let torchvision download the dataset when online (default: off)")
+    flag("--device", help=f"cpu or cuda[:N] (default: {d['device']})")
+    flag("--client-cpus", type=float, help=f"CPUs per Ray client actor (default: {d['client_cpus']})")
+    flag("--client-gpus", type=float, help=f"GPU fraction per Ray client actor, for --device cuda "
+                                           f"(default: {d['client_gpus']})")
+    flag("--attacks", help="comma list of attacks (default: " + ",".join(d["attacks"]) + ")")
+    flag("--defense", help="local defense for every client: none, dpsgd, ladp, ... (default: none)")
+    for name, text in DEFENSE_PARAM_FLAGS.items():
+        flag(f"--{name}", help=text)
+    flag("--client-dp", help="client-level DP on the server through Flower's wrappers: off, "
+                             "server-fixed, client-fixed, server-adaptive, client-adaptive "
+                             f"(default: {d['client_dp']})")
+    flag("--client-dp-noise", type=float, help=f"client-level DP noise multiplier (default: {d['client_dp_noise']})")
+    flag("--client-dp-clip", type=float, help=f"client-level DP (initial) clipping norm (default: {d['client_dp_clip']})")
+    flag("-v", "--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m fedmia", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    simulate = commands.add_parser("simulate", help="train a federation, attack it, write a report")
+    _add_run_flags(simulate)
+    check = commands.add_parser("check", help="recompute every attack number of a run from its files")
+    check.add_argument("run_dir", type=Path, help="a run directory written by simulate")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    file_data = load_toml(args.config) if args.config else None
+    flags = {name: getattr(args, name, None) for name in _defaults()}
+    if args.attacks is not None:
+        flags["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    params = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
+              for name in DEFENSE_PARAM_FLAGS if getattr(args, name.replace("-", "_")) is not None}
+    return resolve_config(file_data, flags, args.defense, params)
+
+
+def run_simulate(args: argparse.Namespace) -> None:
+    from fedmia.simulation import simulate
+    from fedmia.summary import print_summary
+
+    config = config_from_args(args)
+    results = simulate(config, verbose=args.verbose)
+    print_summary(results)
+
+
+def run_check(args: argparse.Namespace) -> None:
+    from fedmia.summary import check_run
+
+    mismatches = check_run(args.run_dir)
+    if mismatches:
+        raise FedmiaError(f"{len(mismatches)} numbers differ from results.json, first: {mismatches[0]}")
+    print(f"{args.run_dir}: every attack metric in results.json matches its saved scores")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"simulate": run_simulate, "check": run_check}[args.command](args)
+    except FedmiaError as error:
+        print(f"fedmia: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("fedmia: interrupted; finished rounds are kept in the run directory", file=sys.stderr)
+        return 130
+    return 0

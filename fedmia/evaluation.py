@@ -1,0 +1,177 @@
+"""The adversary's attack phase, Flower-free: from the saved models to per-scope results.
+
+Scopes (PROTOCOL.md): `global` attacks the final global model (members = every client's data);
+`client:k` attacks client k's last upload (members = client k's data). Each scope is evaluated
+on a balanced set (equal members and non-members, subsampled with the run's seed).
+
+Calibration uses only the adversary's knowledge: its population pool, split into shadow
+members and shadow non-members, and shadow models it trains itself the way the target was
+trained. For `client:k` the server also knows the global model client k started from, so its
+shadow is that model fine-tuned on a client-sized slice of the population.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmia.attacks import AdversaryKnowledge, ShadowObservation, TargetModel, make_attack
+from fedmia.metrics import AttackMetrics, membership_metrics
+from fedmia.privacy import default_delta
+from fedmia.rundir import client_model_name, global_round_name
+from fedmia.run import PreparedRun, round_seed
+from fedmia.training import accuracy, predict_logits, train_epochs
+
+GLOBAL_SCOPE = "global"
+
+
+def client_scope(client: int) -> str:
+    return f"client:{client}"
+
+
+@dataclass(frozen=True)
+class ScopeResult:
+    """All attacks on one scope. `strongest` is the attack with the highest AUC: the one whose
+    ROC gives the scope's measured epsilon lower bound."""
+
+    scope: str
+    model_accuracy: float
+    attacks: dict[str, AttackMetrics]
+    threshold_accuracy: dict[str, float]
+
+    @property
+    def strongest(self) -> str:
+        return max(self.attacks, key=lambda name: self.attacks[name].auc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scope": self.scope,
+            "test_accuracy": self.model_accuracy,
+            "strongest_attack": self.strongest,
+            "eps_lower_bound": self.attacks[self.strongest].eps_lower_bound,
+            "attacks": {name: {**m.to_dict(), "threshold_accuracy": self.threshold_accuracy[name]}
+                        for name, m in self.attacks.items()},
+        }
+
+
+def balanced_eval_set(members: np.ndarray, nonmember_pool: np.ndarray,
+                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, labels) with equally many members and non-members."""
+    size = min(len(members), len(nonmember_pool))
+    chosen_members = np.sort(rng.choice(members, size, replace=False))
+    chosen_nonmembers = np.sort(rng.choice(nonmember_pool, size, replace=False))
+    indices = np.concatenate([chosen_members, chosen_nonmembers])
+    labels = np.concatenate([np.ones(size, dtype=np.int64), np.zeros(size, dtype=np.int64)])
+    return indices, labels
+
+
+def _shadow_observation(run: PreparedRun, model: nn.Module, shadow_in: np.ndarray,
+                        shadow_out: np.ndarray) -> ShadowObservation:
+    indices = np.concatenate([shadow_in, shadow_out])
+    logits = predict_logits(model, run.images(indices), run.config.device)
+    membership = np.concatenate([np.ones(len(shadow_in)), np.zeros(len(shadow_out))]).astype(int)
+    return ShadowObservation(logits, run.labels(indices), membership)
+
+
+def train_shadow(run: PreparedRun, start: nn.Module, size: int, epochs: int, seed: int) -> ShadowObservation:
+    """Train `start` on `size` population samples; the rest of the pool are its non-members."""
+    rng = np.random.default_rng(seed)
+    population = rng.permutation(run.split.population)
+    size = min(size, len(population) // 2)
+    shadow_in, shadow_out = population[:size], population[size:]
+    torch.manual_seed(seed)
+    train_epochs(start, run.images(shadow_in), run.labels(shadow_in), run.plan, seed, epochs=epochs)
+    return _shadow_observation(run, start, shadow_in, shadow_out)
+
+
+def attack_scope(run: PreparedRun, scope: str, target: nn.Module, knowledge: AdversaryKnowledge,
+                 members: np.ndarray, delta: float, seed: int) -> ScopeResult:
+    """Fit every configured attack on `knowledge`, score the balanced set, save the scores."""
+    indices, labels = balanced_eval_set(members, run.split.nonmembers, np.random.default_rng(seed))
+    images, targets = run.images(indices), run.labels(indices)
+    access = TargetModel(target, run.config.device)
+    metrics, decisions = {}, {}
+    for name in run.config.attacks:
+        attack = make_attack(name).fit(knowledge)
+        scores = attack.score(access, images, targets)
+        run.rundir.save_scores(scope, name, scores, labels, indices)
+        metrics[name] = membership_metrics(scores, labels, delta)
+        decisions[name] = float((attack.decide(scores) == labels.astype(bool)).mean())
+    test_accuracy = accuracy(target, run.images(run.split.test), run.labels(run.split.test),
+                             run.config.device)
+    return ScopeResult(scope, test_accuracy, metrics, decisions)
+
+
+def attack_global(run: PreparedRun) -> ScopeResult:
+    """The final global model against the union of all clients' data."""
+    config = run.config
+    target = run.model_from_state(run.rundir.load_model(global_round_name(config.rounds)))
+    epochs = config.rounds * config.local_epochs
+    shadow = train_shadow(run, run.new_model(), len(run.split.members), epochs,
+                          round_seed(config.seed, 1_000_003))
+    knowledge = AdversaryKnowledge((shadow,), run.dataset.num_classes)
+    members = run.split.members
+    return attack_scope(run, GLOBAL_SCOPE, target, knowledge, members,
+                        default_delta(len(members)), round_seed(config.seed, 1_000_004))
+
+
+def attack_client(run: PreparedRun, client: int, upload_round: int, delta: float) -> ScopeResult:
+    """Client `client`'s last upload (sent in `upload_round`) against its own data."""
+    config = run.config
+    target = run.model_from_state(run.rundir.load_model(client_model_name(client)))
+    start = run.model_from_state(run.rundir.load_model(global_round_name(upload_round - 1)))
+    members = run.split.clients[client]
+    shadow = train_shadow(run, start, len(members), config.local_epochs,
+                          round_seed(config.seed, 2_000_003, client))
+    knowledge = AdversaryKnowledge((shadow,), run.dataset.num_classes)
+    return attack_scope(run, client_scope(client), target, knowledge, members, delta,
+                        round_seed(config.seed, 2_000_004, client))
+
+
+def last_client_reports(run: PreparedRun) -> dict[int, dict[str, Any]]:
+    """Each client's latest report that came with a model, with the round it was sent in."""
+    latest: dict[int, dict[str, Any]] = {}
+    for record in run.rundir.read_metrics():
+        for report in record["clients"]:
+            if not report.get("stopped"):
+                latest[report["client"]] = {**report, "round": record["round"]}
+            elif report["client"] in latest:
+                latest[report["client"]]["stopped_later"] = True
+    return latest
+
+
+def client_row(run: PreparedRun, client: int, report: dict[str, Any] | None,
+               scope: ScopeResult | None) -> dict[str, Any]:
+    spec = run.config.defenses[client]
+    row: dict[str, Any] = {"client": client, "defense": spec.name, "params": spec.params,
+                           "n_train": int(len(run.split.clients[client]))}
+    if report is None:
+        return {**row, "trained": False}
+    return {**row, "trained": True, "last_round": report["round"],
+            "train_accuracy": report["train_accuracy"], "privacy": report.get("privacy"),
+            "stopped": bool(report.get("stopped_later")), **(scope.to_dict() if scope else {})}
+
+
+def evaluate_privacy(run: PreparedRun, on_scope: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Attack the global model and every client's last upload; the `global` and `clients`
+    tables of results.json."""
+    notify = on_scope or (lambda scope: None)
+    notify(GLOBAL_SCOPE)
+    global_result = attack_global(run)
+    reports = last_client_reports(run)
+    rows = []
+    for client in range(run.config.clients):
+        report = reports.get(client)
+        scope = None
+        if report is not None:
+            notify(client_scope(client))
+            privacy = report.get("privacy") or {}
+            delta = privacy.get("delta") or default_delta(len(run.split.clients[client]))
+            scope = attack_client(run, client, report["round"], delta)
+        rows.append(client_row(run, client, report, scope))
+    return {"global": global_result.to_dict(), "clients": rows}

@@ -1,0 +1,43 @@
+"""One client's round, Flower-free: rebuild the defense from its saved state, train the global
+model on the client's members, and return the upload, the report and the state to keep."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from fedmia.defenses import RoundContext, RoundReport
+from fedmia.run import PreparedRun, round_seed
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    state: dict[str, torch.Tensor]
+    report: RoundReport
+    defense_state: dict[str, Any]
+
+
+def report_to_dict(client: int, report: RoundReport) -> dict[str, Any]:
+    """The report as JSON values, with the client id, as the server records it."""
+    data = asdict(report)
+    data["privacy"] = report.privacy.to_dict() if report.privacy else None
+    return {"client": client, **data}
+
+
+def run_local_round(run: PreparedRun, client: int, global_state: dict[str, torch.Tensor],
+                    server_round: int, defense_state: dict[str, Any] | None) -> LocalResult:
+    """Train client `client` for one round; `defense_state` is None on its first round."""
+    defense = run.config.defenses[client].build()
+    data = run.client_data(client)
+    seed = round_seed(run.config.seed, client, server_round)
+    torch.manual_seed(seed)
+    if defense_state is None:
+        defense.prepare(data, run.plan, seed)
+    else:
+        defense.load_state_dict(defense_state)
+    model = run.model_from_state(global_state)
+    context = RoundContext(server_round, run.config.rounds, run.plan, seed)
+    report = defense.train_round(model, data, context)
+    return LocalResult(model.state_dict(), report, defense.state_dict())

@@ -1,0 +1,107 @@
+"""What the honest-but-curious server sees, written down as it happens.
+
+The server-side adversary observes every client upload (saved as that client's latest model)
+and every client report; after each round the recorder evaluates the new global model on the
+test pool, saves it, and appends one line to metrics.jsonl, so a run killed mid-way keeps
+every finished round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedmia.errors import FedmiaError
+from fedmia.rundir import client_model_name, global_round_name
+from fedmia.run import PreparedRun
+from fedmia.training import predict_logits
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """What a progress display needs after each round."""
+
+    server_round: int
+    total_rounds: int
+    test_accuracy: float
+    elapsed: float
+
+
+def check_update(reference: dict[str, torch.Tensor], update: dict[str, torch.Tensor]) -> None:
+    """Reject an upload that is not a model of the run's architecture with finite weights:
+    a malicious or broken client must not poison the aggregate or crash the server."""
+    if set(update) != set(reference):
+        missing = sorted(set(reference) - set(update))[:3]
+        extra = sorted(set(update) - set(reference))[:3]
+        raise FedmiaError(f"update has wrong tensors (missing {missing}, unexpected {extra})")
+    for name, tensor in update.items():
+        if tuple(tensor.shape) != tuple(reference[name].shape):
+            raise FedmiaError(f"update tensor {name} has shape {tuple(tensor.shape)}, "
+                              f"expected {tuple(reference[name].shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FedmiaError(f"update tensor {name} has non-finite values")
+
+
+def evaluate_on(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: str) -> dict[str, float]:
+    logits = torch.as_tensor(predict_logits(model, images, device))
+    targets = torch.as_tensor(labels)
+    return {"accuracy": float((logits.argmax(1) == targets).double().mean()),
+            "loss": float(nn.functional.cross_entropy(logits, targets))}
+
+
+class RoundRecorder:
+    """Collects one round's uploads and reports; writes the round when it is finished."""
+
+    def __init__(self, run: PreparedRun, on_round: Callable[[RoundSummary], None] | None = None):
+        self.run = run
+        self.on_round = on_round
+        self.started = time.perf_counter()
+        self.reference = run.new_model().state_dict()
+        self.test_images = run.images(run.split.test)
+        self.test_labels = run.labels(run.split.test)
+        self._reports: list[dict[str, Any]] = []
+        self._problems: list[dict[str, Any]] = []
+        self.last_upload_round: dict[int, int] = {}
+
+    def observe_update(self, server_round: int, client: int, state: dict[str, torch.Tensor],
+                       report: dict[str, Any]) -> bool:
+        """Record one upload; returns False (and records why) when it must be left out."""
+        try:
+            check_update(self.reference, state)
+        except FedmiaError as error:
+            self.record_problem(server_round, client, f"rejected: {error}")
+            return False
+        self._reports.append(report)
+        if not report.get("stopped"):
+            self.run.rundir.save_model(client_model_name(client), state)
+            self.last_upload_round[client] = server_round
+        return True
+
+    def record_problem(self, server_round: int, client: int | None, reason: str) -> None:
+        self._problems.append({"round": server_round, "client": client, "reason": reason})
+
+    def finish_round(self, server_round: int, global_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Evaluate and save the global model, append the round's line to metrics.jsonl."""
+        model = self.run.model_from_state(global_state)
+        test = evaluate_on(model, self.test_images, self.test_labels, self.run.config.device)
+        self.run.rundir.save_model(global_round_name(server_round), global_state)
+        elapsed = time.perf_counter() - self.started
+        record = {
+            "round": server_round,
+            "test_accuracy": test["accuracy"],
+            "test_loss": test["loss"],
+            "elapsed_s": elapsed,
+            "clients": sorted(self._reports, key=lambda r: r["client"]),
+            "problems": self._problems,
+        }
+        self.run.rundir.append_metrics(record)
+        self._reports, self._problems = [], []
+        if self.on_round:
+            self.on_round(RoundSummary(server_round, self.run.config.rounds, test["accuracy"], elapsed))
+        return record

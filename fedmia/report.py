@@ -1,0 +1,176 @@
+"""results.json, report.md and the plots, all from the run's own files and results.
+
+results.json is written first, so a failure while drawing loses no number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedmia.metrics import roc
+from fedmia.run import PreparedRun
+from fedmia.timing import RunTimer
+
+EPS_NOTE = ("Measured epsilon is an audit-style lower bound from one run's attack (Clopper-Pearson "
+            "95%, PROTOCOL.md); it is not a guarantee, and a lower bound above a formal epsilon "
+            "would mean a bug in the accounting or the defense.")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "inf" if value == float("inf") else f"{value:.{digits}f}"
+    return str(value)
+
+
+def formal_epsilon(row: dict[str, Any]) -> float | None:
+    """A client's formal epsilon: its accountant's value, or infinity without DP."""
+    privacy = row.get("privacy")
+    return privacy["epsilon"] if privacy else float("inf")
+
+
+def run_summary(run: PreparedRun) -> dict[str, Any]:
+    c = run.config
+    rounds = run.rundir.read_metrics()
+    return {
+        "out": str(run.rundir.path), "dataset": c.dataset, "model": c.model, "clients": c.clients,
+        "rounds": c.rounds, "partition": c.partition, "seed": c.seed, "fraction": c.fraction,
+        "final_test_accuracy": rounds[-1]["test_accuracy"] if rounds else None,
+        "round_test_accuracy": [r["test_accuracy"] for r in rounds],
+        "problems": [p for r in rounds for p in r["problems"]],
+    }
+
+
+def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["| attack | AUC | balanced acc | advantage | TPR@1%FPR | TPR@0.1%FPR | eps lower bound "
+             "| acc at adversary's threshold | members / non-members |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in attacks.items():
+        lines.append(f"| {name} | {_fmt(m['auc'])} | {_fmt(m['balanced_accuracy'])} | "
+                     f"{_fmt(m['advantage'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
+                     f"{_fmt(m['tpr_at_01pct_fpr'])} | {_fmt(m['eps_lower_bound'], 2)} | "
+                     f"{_fmt(m['threshold_accuracy'])} | {m['n_members']} / {m['n_nonmembers']} |")
+    return lines
+
+
+def client_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| client | defense | n train | test acc | formal eps (delta) | measured eps lb "
+             "| strongest attack | AUC | TPR@1%FPR | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if not row["trained"]:
+            lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | n/a | n/a | n/a "
+                         "| n/a | n/a | n/a | never uploaded a model |")
+            continue
+        privacy = row.get("privacy")
+        formal = f"{_fmt(privacy['epsilon'], 2)} ({privacy['delta']:.1e})" if privacy else "inf"
+        best = row["attacks"][row["strongest_attack"]]
+        note = "stopped: budget spent" if row.get("stopped") else ""
+        lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | "
+                     f"{_fmt(row['test_accuracy'])} | {formal} | {_fmt(row['eps_lower_bound'], 2)} | "
+                     f"{row['strongest_attack']} | {_fmt(best['auc'])} | "
+                     f"{_fmt(best['tpr_at_1pct_fpr'])} | {note} |")
+    return lines
+
+
+def render_report(results: dict[str, Any]) -> str:
+    run, timing, glob = results["run"], results["timing"], results["global"]
+    lines = [
+        f"# fedmia report: {run['out']}", "",
+        f"{run['clients']} clients, {run['rounds']} rounds, dataset `{run['dataset']}`, model "
+        f"`{run['model']}`, partition `{run['partition']}`, fraction {run['fraction']}, seed {run['seed']}.",
+        "", "## Utility", "",
+        f"Final global test accuracy: **{_fmt(run['final_test_accuracy'])}**. Per round (0 = initial): "
+        + ", ".join(_fmt(a) for a in run["round_test_accuracy"]) + ".",
+        "", "## Leakage of the final global model (scope `global`)", "",
+        "Adversary: the server (honest-but-curious), or anyone querying the final model. Members: "
+        "the union of all clients' data; non-members: the held-out pool.", "",
+        *attack_table(glob["attacks"]),
+        "", "## Leakage per client (scope `client:k`, each client's last upload)", "",
+        "Adversary: the server, which sees every upload. TPR at 1% FPR needs at least 100 "
+        "non-members per client, hence n/a for small clients.", "",
+        *client_table(results["clients"]),
+        "", EPS_NOTE, "",
+        "![log-scale ROC](roc.png)", "", "![privacy per client](privacy.png)", "",
+        "## Time", "",
+        "| phase | seconds |", "|---|---|",
+        *[f"| {k.removesuffix('_s')} | {_fmt(v, 1)} |" for k, v in timing.items()],
+    ]
+    if run["problems"]:
+        lines += ["", "## Problems during training", "",
+                  *[f"- round {p['round']}, client {p['client']}: {p['reason']}" for p in run["problems"]]]
+    lines += ["", "## Re-checking", "",
+              "Every number above comes from `scores/<scope>__<attack>.npz` (scores, labels with "
+              "1 = member, dataset indices) through `fedmia.metrics.membership_metrics`; the "
+              "split is in `manifest.json`, the models in `models/`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(run: PreparedRun, results: dict[str, Any]) -> None:
+    """Log-log ROC of the strongest attack on the global scope and on each client."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.5, 5))
+    scopes = [("global", results["global"]["strongest_attack"], "global", 2.0)]
+    scopes += [(f"client:{r['client']}", r["strongest_attack"], None, 0.6)
+               for r in results["clients"] if r["trained"]]
+    smallest = 1.0
+    for scope, attack, label, width in scopes:
+        data = run.rundir.load_scores(scope, attack)
+        fpr, tpr = roc(data["scores"], data["labels"])
+        floor = 1.0 / max(int((data["labels"] == 0).sum()), 1)
+        smallest = min(smallest, floor)
+        axis.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), lw=width, label=label,
+                  color="C0" if label else "C1", alpha=1.0 if label else 0.35)
+    axis.plot([smallest, 1], [smallest, 1], "k--", lw=0.8, label="chance")
+    axis.set(xscale="log", yscale="log", xlim=(smallest, 1), ylim=(smallest, 1),
+             xlabel="false positive rate", ylabel="true positive rate",
+             title="ROC, strongest attack per scope (orange: clients)")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(run.rundir.path / "roc.png", dpi=120)
+    plt.close(figure)
+
+
+def plot_privacy(run: PreparedRun, results: dict[str, Any]) -> None:
+    """Per client: formal epsilon, measured lower bound and accuracy side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["clients"] if r["trained"]]
+    clients = [r["client"] for r in rows]
+    measured = [r["eps_lower_bound"] for r in rows]
+    formal = [formal_epsilon(r) for r in rows]
+    finite = [f for f in formal if f != float("inf")]
+    ceiling = max(finite + measured + [1.0]) * 1.3
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, len(rows) * 0.4), 6), sharex=True)
+    top.bar(np.array(clients) - 0.2, [min(f, ceiling) for f in formal], 0.4, label="formal eps (capped: inf = no DP)", color="C2")
+    top.bar(np.array(clients) + 0.2, measured, 0.4, label="measured eps lower bound", color="C3")
+    top.set(ylabel="epsilon", ylim=(0, ceiling))
+    top.legend(fontsize=8)
+    bottom.bar(clients, [r["test_accuracy"] for r in rows], color="C0")
+    bottom.set(xlabel="client", ylabel="test accuracy of upload", ylim=(0, 1))
+    figure.tight_layout()
+    figure.savefig(run.rundir.path / "privacy.png", dpi=110)
+    plt.close(figure)
+
+
+def write_outputs(run: PreparedRun, evaluation: dict[str, Any], timer: RunTimer) -> dict[str, Any]:
+    """results.json first, then the plots and report.md; returns the results."""
+    results = {"run": run_summary(run), "timing": timer.as_dict(), **evaluation}
+    run.rundir.write_json("results.json", results)
+    with timer.phase("report"):
+        plot_roc(run, results)
+        plot_privacy(run, results)
+    results["timing"] = timer.as_dict()
+    run.rundir.write_json("results.json", results)
+    run.rundir.write_text("report.md", render_report(results))
+    return results

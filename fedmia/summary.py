@@ -1,0 +1,69 @@
+"""The end-of-run summary on the terminal, and re-checking a run from its files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedmia.errors import FedmiaError
+from fedmia.metrics import membership_metrics
+from fedmia.rundir import RunDirectory
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def print_summary(results: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    run, glob = results["run"], results["global"]
+    best = glob["attacks"][glob["strongest_attack"]]
+    console.print(f"\nglobal model: test accuracy {_num(run['final_test_accuracy'])}, strongest attack "
+                  f"{glob['strongest_attack']} AUC {_num(best['auc'])}, TPR@1%FPR "
+                  f"{_num(best['tpr_at_1pct_fpr'])}, measured eps >= {_num(glob['eps_lower_bound'], 2)}")
+    table = Table(title="per client (server adversary, last upload)")
+    for column in ("client", "defense", "n", "test acc", "formal eps", "measured eps lb", "AUC"):
+        table.add_column(column, justify="right")
+    for row in results["clients"]:
+        if not row["trained"]:
+            table.add_row(str(row["client"]), row["defense"], str(row["n_train"]), "-", "-", "-", "-")
+            continue
+        privacy = row.get("privacy")
+        table.add_row(str(row["client"]), row["defense"], str(row["n_train"]), _num(row["test_accuracy"]),
+                      _num(privacy["epsilon"], 2) if privacy else "inf", _num(row["eps_lower_bound"], 2),
+                      _num(row["attacks"][row["strongest_attack"]]["auc"]))
+    console.print(table)
+    timing = results["timing"]
+    console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in timing.items()))
+    console.print(f"report: {Path(run['out']) / 'report.md'}")
+
+
+def _scopes(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    scopes = [("global", results["global"])]
+    scopes += [(f"client:{row['client']}", row) for row in results["clients"] if row.get("attacks")]
+    return scopes
+
+
+def check_run(path: Path) -> list[str]:
+    """Recompute every attack metric from scores/*.npz; the list of numbers that differ."""
+    rundir = RunDirectory(path)
+    if not (rundir.path / "results.json").exists():
+        raise FedmiaError(f"{path} has no results.json; pass a finished run directory")
+    mismatches = []
+    for scope, table in _scopes(rundir.read_json("results.json")):
+        for attack, reported in table["attacks"].items():
+            data = rundir.load_scores(scope, attack)
+            fresh = membership_metrics(data["scores"], data["labels"], reported["delta"]).to_dict()
+            for key, value in fresh.items():
+                stored = reported[key]
+                same = (value is None and stored is None) or (
+                    value is not None and stored is not None and math.isclose(value, stored, rel_tol=1e-9, abs_tol=1e-12))
+                if not same:
+                    mismatches.append(f"{scope} {attack} {key}: saved {stored}, recomputed {value}")
+    return mismatches

@@ -1,0 +1,26 @@
+"""Wall-time split of a run (Ray start-up, training, attacks, report), for results.json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class RunTimer:
+    """Seconds per phase, plus the total since the timer was created."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[f"{name}_s"] = self.phases.get(f"{name}_s", 0.0) + time.perf_counter() - begun
+
+    def as_dict(self) -> dict[str, float]:
+        return {**self.phases, "total_s": time.perf_counter() - self.started}

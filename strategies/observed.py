@@ -1,0 +1,80 @@
+"""A strategy wrapper that hands every client update to the server-side adversary first.
+
+`ObservedStrategy(inner, recorder)` behaves like `inner` (FedAvg, or FedAvg inside one of
+Flower's DP wrappers) except that in `aggregate_train` every reply is first shown to the
+recorder, which is what the honest-but-curious server sees and keeps. Replies that failed,
+carry a malformed or non-finite model, or come from a client that stopped (its privacy budget
+is spent) are recorded and left out of the aggregate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from clients.app import REPORT_KEY
+from fedmia.recorder import RoundRecorder
+
+
+def _reply_report(message: Message) -> dict[str, Any]:
+    record = message.content.config_records.get(REPORT_KEY)
+    if record is None:
+        raise ValueError("reply has no report")
+    report = json.loads(str(record["json"]))
+    if not isinstance(report, dict) or not isinstance(report.get("client"), int):
+        raise ValueError("reply report has no client id")
+    return report
+
+
+class ObservedStrategy(Strategy):
+    """Wrap `inner`; the recorder sees every update before `inner` aggregates."""
+
+    def __init__(self, inner: Strategy, recorder: RoundRecorder) -> None:
+        self.inner = inner
+        self.recorder = recorder
+
+    def __repr__(self) -> str:
+        return f"ObservedStrategy({self.inner!r})"
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def _accept(self, server_round: int, message: Message) -> bool:
+        if message.has_error():
+            self.recorder.record_problem(server_round, None,
+                                         f"node {message.metadata.src_node_id} failed: "
+                                         f"{message.error.reason}")
+            return False
+        try:
+            report = _reply_report(message)
+            state = next(iter(message.content.array_records.values())).to_torch_state_dict()
+        except (ValueError, StopIteration, KeyError, TypeError) as error:
+            self.recorder.record_problem(server_round, None,
+                                         f"node {message.metadata.src_node_id} sent a malformed reply: {error}")
+            return False
+        accepted = self.recorder.observe_update(server_round, report["client"], state, report)
+        return accepted and not report.get("stopped")
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        kept = [message for message in replies if self._accept(server_round, message)]
+        if not kept:
+            self.recorder.record_problem(server_round, None, "no usable update: global model kept")
+            return None, None
+        return self.inner.aggregate_train(server_round, kept)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
