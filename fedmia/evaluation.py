@@ -23,7 +23,7 @@ from torch import nn
 from fedmia.attacks import AdversaryKnowledge, ShadowObservation, TargetModel, make_attack
 from fedmia.metrics import AttackMetrics, membership_metrics
 from fedmia.privacy import default_delta
-from fedmia.rundir import client_model_name, global_round_name
+from fedmia.rundir import FINAL_GLOBAL_MODEL, client_model_name, global_round_name
 from fedmia.run import PreparedRun, round_seed
 from fedmia.training import accuracy, predict_logits, train_epochs
 
@@ -110,7 +110,7 @@ def attack_scope(run: PreparedRun, scope: str, target: nn.Module, knowledge: Adv
 def attack_global(run: PreparedRun) -> ScopeResult:
     """The final global model against the union of all clients' data."""
     config = run.config
-    target = run.model_from_state(run.rundir.load_model(global_round_name(config.rounds)))
+    target = run.model_from_state(run.rundir.load_model(FINAL_GLOBAL_MODEL))
     epochs = config.rounds * config.local_epochs
     shadow = train_shadow(run, run.new_model(), len(run.split.members), epochs,
                           round_seed(config.seed, 1_000_003))

@@ -107,6 +107,9 @@ class RunDirectory:
             return {key: data[key] for key in data.files}
 
 
+FINAL_GLOBAL_MODEL = "global_final"
+
+
 def global_round_name(server_round: int) -> str:
     return f"global_round_{server_round:03d}"
 

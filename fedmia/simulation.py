@@ -22,6 +22,7 @@ def quiet_logs(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.ERROR
     logging.getLogger("flwr").setLevel(level)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
 def start_ray(config: RunConfig, verbose: bool) -> None:

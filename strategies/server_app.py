@@ -25,6 +25,7 @@ from fedmia.evaluation import evaluate_privacy
 from fedmia.progress import Progress, SilentProgress
 from fedmia.recorder import RoundRecorder
 from fedmia.report import write_outputs
+from fedmia.rundir import FINAL_GLOBAL_MODEL
 from fedmia.run import PreparedRun, prepare_run
 from fedmia.timing import RunTimer
 from strategies.observed import ObservedStrategy
@@ -68,12 +69,13 @@ def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTime
         return MetricRecord({"test-accuracy": record["test_accuracy"], "test-loss": record["test_loss"]})
 
     with timer.phase("training"):
-        build_strategy(config, recorder).start(
+        result = build_strategy(config, recorder).start(
             grid=grid,
             initial_arrays=ArrayRecord(run.new_model().state_dict()),
             num_rounds=config.rounds,
             evaluate_fn=record_round,
         )
+        run.rundir.save_model(FINAL_GLOBAL_MODEL, result.arrays.to_torch_state_dict())
     progress.on_phase("attacks")
     with timer.phase("attacks"):
         results = evaluate_privacy(run, progress.on_scope)

@@ -1,0 +1,72 @@
+"""Config resolution: file, flags on top, per-client defenses, validation."""
+
+import tomllib
+
+import pytest
+
+from fedmia.config import RunConfig, defenses_from_groups, resolve_config, spread
+from fedmia.defenses import DefenseSpec
+from fedmia.errors import FedmiaError
+
+
+def test_spread_gives_contiguous_blocks_as_equal_as_possible():
+    assert spread([1, 4, 8, "inf"], 20) == [1] * 5 + [4] * 5 + [8] * 5 + ["inf"] * 5
+    assert spread(["a", "b"], 5) == ["a", "a", "a", "b", "b"]
+    with pytest.raises(FedmiaError):
+        spread([1, 2, 3], 2)
+
+
+def test_flags_override_file_values():
+    config = resolve_config({"clients": 4, "rounds": 7, "local-epochs": 3}, {"rounds": 2})
+    assert (config.clients, config.rounds, config.local_epochs) == (4, 2, 3)
+
+
+def test_infinite_epsilon_means_no_defense():
+    config = resolve_config(None, {"clients": 4}, "dpsgd", {"epsilon": "1,inf"})
+    assert [spec.name for spec in config.defenses] == ["dpsgd", "dpsgd", "none", "none"]
+    assert config.defenses[0].params == {"epsilon": 1}
+    assert config.dp_compatible_model
+
+
+def test_client_groups_from_file_and_the_rest_undefended():
+    specs = defenses_from_groups([{"ids": "0-1", "defense": "none"}, {"ids": [3], "defense": "none"}], 5)
+    assert specs == tuple(DefenseSpec("none", {}) for _ in range(5))
+    with pytest.raises(FedmiaError, match="two"):
+        defenses_from_groups([{"ids": "0-2"}, {"ids": "2"}], 5)
+    with pytest.raises(FedmiaError, match="outside"):
+        defenses_from_groups([{"ids": "4-9"}], 5)
+
+
+def test_resolved_config_round_trips_through_its_toml():
+    config = resolve_config({"clients": 6, "client": [{"ids": "0-2", "defense": "none"}]},
+                            {"seed": 3, "partition": "dirichlet:0.5"})
+    assert resolve_config(tomllib.loads(config.to_toml()), {}) == config
+
+
+def test_default_run_directory_names_the_setting():
+    assert RunConfig(clients=3, rounds=2, seed=1).out == "runs/digits-3c-2r-seed1"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"clients": 0}, "--clients"),
+    ({"rounds": -1}, "--rounds"),
+    ({"lr": 0.0}, "--lr"),
+    ({"fraction": 1.5}, "--fraction"),
+    ({"dataset": "imagenet"}, "unknown dataset"),
+    ({"model": "gpt"}, "unknown model"),
+    ({"partition": "dirichlet:0"}, "partition"),
+    ({"attacks": ("loss", "magic")}, "unknown attack"),
+    ({"device": "tpu"}, "--device"),
+    ({"client_dp": "maybe"}, "--client-dp"),
+])
+def test_bad_values_are_one_line_errors(settings, message):
+    with pytest.raises(FedmiaError, match=message) as error:
+        resolve_config(None, settings)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_file_key_and_defense_are_reported():
+    with pytest.raises(FedmiaError, match="unknown key 'roundz'"):
+        resolve_config({"roundz": 3}, {})
+    with pytest.raises(FedmiaError, match="unknown defense"):
+        resolve_config(None, {"clients": 2}, "magic", {})
