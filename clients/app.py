@@ -13,11 +13,13 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.dp_mod import client_dp_mod
 from fedmia.local import report_to_dict, run_local_round
 from fedmia.run import load_prepared_run
 
 STATE_KEY = "fedmia"
 REPORT_KEY = "report"
+UNIT_WEIGHT_KEY = "unit-weight"
 
 
 def _load_defense_state(context: Context) -> dict[str, Any] | None:
@@ -33,6 +35,7 @@ def train_metrics(client: int, report: dict[str, Any]) -> MetricRecord:
     """The fixed set of numbers FedAvg aggregates; the full report travels as JSON beside it."""
     return MetricRecord({
         "num-examples": int(report["num_examples"]),
+        UNIT_WEIGHT_KEY: 1,
         "client": client,
         "train-loss": float(report["train_loss"]),
         "train-accuracy": float(report["train_accuracy"]),
@@ -42,7 +45,7 @@ def train_metrics(client: int, report: dict[str, Any]) -> MetricRecord:
 
 def make_client_app(run_dir: str | None = None) -> ClientApp:
     """A ClientApp for the run prepared at `run_dir` (default: the run config's `out`)."""
-    app = ClientApp()
+    app = ClientApp(mods=[client_dp_mod])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -76,6 +76,17 @@ def client_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def client_level_section(dp: dict[str, Any] | None) -> list[str]:
+    """Client-level DP (Flower's wrappers): the guarantee for a whole client's participation."""
+    if not dp:
+        return []
+    guarantee = (f"epsilon {_fmt(dp['epsilon'], 2)} at delta {dp['delta']:.1e} ({dp['accountant']}, "
+                 f"{dp['releases']} releases)" if dp["epsilon"] is not None else dp["note"])
+    return ["## Client-level DP on the server", "",
+            f"Mode `{dp['mode']}`, noise multiplier {dp['noise_multiplier']}, clipping norm "
+            f"{dp['clipping_norm']}: {guarantee}.", ""]
+
+
 def render_report(results: dict[str, Any]) -> str:
     run, timing, glob = results["run"], results["timing"], results["global"]
     lines = [
@@ -94,6 +105,7 @@ def render_report(results: dict[str, Any]) -> str:
         "non-members per client, hence n/a for small clients.", "",
         *client_table(results["clients"]),
         "", EPS_NOTE, "",
+        *client_level_section(results.get("client_level_dp")),
         "![log-scale ROC](roc.png)", "", "![privacy per client](privacy.png)", "",
         "## Time", "",
         "| phase | seconds |", "|---|---|",

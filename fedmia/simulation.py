@@ -51,11 +51,14 @@ def simulate(config: RunConfig, verbose: bool = False) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     from clients.app import make_client_app
-    from strategies.server_app import make_server_app
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.server_app import make_server_app, wrap_client_dp
 
     import ray
 
     timer = RunTimer()
+    wrap_client_dp(config, FedAvg())
     run = prepare_run(config)
     quiet_logs(verbose)
     progress = TerminalProgress(config.rounds, 1 + config.clients)

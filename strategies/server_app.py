@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -20,8 +20,19 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from flwr.supercore.privacy_accounting import (
+    NeighboringRelation,
+    PrivacyConfig,
+    SamplingMethod,
+)
+from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+from clients.app import UNIT_WEIGHT_KEY
+from clients.dp_mod import CLIENT_DP_CONFIG_KEY
 from fedmia.config import RunConfig, resolve_config
+from fedmia.errors import FedmiaError
 from fedmia.evaluation import evaluate_privacy
+from fedmia.privacy import default_delta
 from fedmia.progress import Progress, SilentProgress
 from fedmia.recorder import RoundRecorder
 from fedmia.report import write_outputs
@@ -35,27 +46,71 @@ def sampled_clients(config: RunConfig) -> int:
     return max(1, int(config.clients * config.fraction))
 
 
-def build_strategy(config: RunConfig, recorder: RoundRecorder) -> Strategy:
-    """FedAvg, inside Flower's client-level DP wrapper if asked, observed by the adversary."""
-    strategy: Strategy = FedAvg(
+def client_level_accountant(config: RunConfig) -> RdpAccountant | None:
+    """Flower's RDP accountant for the fixed-clipping wrappers: every round is one Gaussian
+    release over the sampled clients, with no amplification claimed for the sampling."""
+    if not config.client_dp.endswith("-fixed") or config.client_dp_noise <= 0:
+        return None
+    return RdpAccountant(PrivacyConfig(
+        target_delta=default_delta(config.clients),
+        population_size=config.clients,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        sampling_method=SamplingMethod.NO_AMPLIFICATION,
+    ))
+
+
+def client_level_privacy(strategy: Strategy, config: RunConfig) -> dict[str, Any] | None:
+    """The client-level guarantee of the server's DP wrapper, for results.json."""
+    if config.client_dp == "off":
+        return None
+    row: dict[str, Any] = {"mode": config.client_dp, "noise_multiplier": config.client_dp_noise,
+                           "clipping_norm": config.client_dp_clip, "epsilon": None, "delta": None,
+                           "accountant": None}
+    spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
+    if spent is None:
+        return {**row, "note": "Flower accounts fixed clipping only; adaptive clipping's "
+                               "noisy quantile estimate is not accounted, so no epsilon is claimed"}
+    return {**row, "epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases,
+            "accountant": f"flower {spent.accounting_method}"}
+
+
+def wrap_client_dp(config: RunConfig, strategy: Strategy) -> Strategy:
+    """`strategy` inside Flower's client-level DP wrapper for `config.client_dp` (if any);
+    settings Flower rejects become a one-line FedmiaError."""
+    wrappers = {
+        "server-fixed": lambda: DifferentialPrivacyServerSideFixedClipping(
+            strategy, config.client_dp_noise, config.client_dp_clip, sampled_clients(config),
+            accountant=client_level_accountant(config)),
+        "client-fixed": lambda: DifferentialPrivacyClientSideFixedClipping(
+            strategy, config.client_dp_noise, config.client_dp_clip, sampled_clients(config),
+            accountant=client_level_accountant(config)),
+        "server-adaptive": lambda: DifferentialPrivacyServerSideAdaptiveClipping(
+            strategy, config.client_dp_noise, sampled_clients(config),
+            initial_clipping_norm=config.client_dp_clip),
+        "client-adaptive": lambda: DifferentialPrivacyClientSideAdaptiveClipping(
+            strategy, config.client_dp_noise, sampled_clients(config),
+            initial_clipping_norm=config.client_dp_clip),
+    }
+    if config.client_dp not in wrappers:
+        return strategy
+    try:
+        return wrappers[config.client_dp]()
+    except ValueError as error:
+        raise FedmiaError(f"--client-dp {config.client_dp} rejected by Flower: {error} "
+                          "Adjust --client-dp-noise / --client-dp-clip or --clients") from None
+
+
+def build_strategy(config: RunConfig, recorder: RoundRecorder) -> ObservedStrategy:
+    """FedAvg, inside Flower's client-level DP wrapper if asked, observed by the adversary.
+    Client-level DP needs equal client weights, so FedAvg then weights every client by 1."""
+    fedavg = FedAvg(
         fraction_train=config.fraction,
         fraction_evaluate=0.0,
         min_train_nodes=sampled_clients(config),
         min_available_nodes=config.clients,
+        weighted_by_key=UNIT_WEIGHT_KEY if config.client_dp != "off" else "num-examples",
     )
-    dp_wrappers = {
-        "server-fixed": lambda s: DifferentialPrivacyServerSideFixedClipping(
-            s, config.client_dp_noise, config.client_dp_clip, sampled_clients(config)),
-        "client-fixed": lambda s: DifferentialPrivacyClientSideFixedClipping(
-            s, config.client_dp_noise, config.client_dp_clip, sampled_clients(config)),
-        "server-adaptive": lambda s: DifferentialPrivacyServerSideAdaptiveClipping(
-            s, config.client_dp_noise, sampled_clients(config), initial_clipping_norm=config.client_dp_clip),
-        "client-adaptive": lambda s: DifferentialPrivacyClientSideAdaptiveClipping(
-            s, config.client_dp_noise, sampled_clients(config), initial_clipping_norm=config.client_dp_clip),
-    }
-    if config.client_dp in dp_wrappers:
-        strategy = dp_wrappers[config.client_dp](strategy)
-    return ObservedStrategy(strategy, recorder)
+    return ObservedStrategy(wrap_client_dp(config, fedavg), recorder)
 
 
 def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTimer) -> dict[str, Any]:
@@ -68,17 +123,20 @@ def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTime
         record = recorder.finish_round(server_round, arrays.to_torch_state_dict())
         return MetricRecord({"test-accuracy": record["test_accuracy"], "test-loss": record["test_loss"]})
 
+    strategy = build_strategy(config, recorder)
     with timer.phase("training"):
-        result = build_strategy(config, recorder).start(
+        result = strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(run.new_model().state_dict()),
             num_rounds=config.rounds,
+            train_config=ConfigRecord({CLIENT_DP_CONFIG_KEY: config.client_dp}),
             evaluate_fn=record_round,
         )
         run.rundir.save_model(FINAL_GLOBAL_MODEL, result.arrays.to_torch_state_dict())
     progress.on_phase("attacks")
     with timer.phase("attacks"):
         results = evaluate_privacy(run, progress.on_scope)
+    results["client_level_dp"] = client_level_privacy(strategy.inner, config)
     return write_outputs(run, results, timer)
 
 
