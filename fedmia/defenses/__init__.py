@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedmia.defenses.base import ClientData, Defense, RoundContext, RoundReport
+from fedmia.defenses.dpsgd import DPSGD
+from fedmia.defenses.ladp import LayeredAdaptiveDP
 from fedmia.defenses.none import NoDefense
 from fedmia.errors import FedmiaError
 
-DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (NoDefense,)}
+DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (NoDefense, DPSGD, LayeredAdaptiveDP)}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class DefenseSpec:
 
 __all__ = [
     "DEFENSES",
+    "DPSGD",
+    "LayeredAdaptiveDP",
     "ClientData",
     "Defense",
     "DefenseSpec",
