@@ -21,6 +21,12 @@ from clients.app import REPORT_KEY
 from fedmia.recorder import RoundRecorder
 
 
+def last_line(reason: str) -> str:
+    """The exception message at the end of a client's remote traceback, for one-line reports."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    return lines[-1].rstrip("'>") if lines else "unknown error"
+
+
 def _reply_report(message: Message) -> dict[str, Any]:
     record = message.content.config_records.get(REPORT_KEY)
     if record is None:
@@ -52,7 +58,7 @@ class ObservedStrategy(Strategy):
         if message.has_error():
             self.recorder.record_problem(server_round, None,
                                          f"node {message.metadata.src_node_id} failed: "
-                                         f"{message.error.reason}")
+                                         f"{last_line(message.error.reason)}")
             return False
         try:
             report = _reply_report(message)

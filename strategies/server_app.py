@@ -113,9 +113,19 @@ def build_strategy(config: RunConfig, recorder: RoundRecorder) -> ObservedStrate
     return ObservedStrategy(wrap_client_dp(config, fedavg), recorder)
 
 
+def check_federation_size(grid: Grid, config: RunConfig) -> None:
+    """One virtual node per client: `partition-id` k is client k."""
+    nodes = len(list(grid.get_node_ids()))
+    if nodes and nodes != config.clients:
+        raise FedmiaError(f"the federation has {nodes} nodes but clients = {config.clients}; set "
+                          f"options.num-supernodes = {config.clients} for the SuperLink connection "
+                          "(Flower configuration file) or pass clients to match")
+
+
 def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTimer) -> dict[str, Any]:
     """Train, attack, report; `timer` gets each phase's seconds."""
     config = run.config
+    check_federation_size(grid, config)
     random.seed(config.seed)
     recorder = RoundRecorder(run, progress.on_round)
 
