@@ -1,4 +1,4 @@
-"""Command line: `python -m fedmia simulate ...` and `python -m fedmia check RUN_DIR`.
+"""Command line: `python -m fedmia simulate|attack|check`.
 
 Bad input of any kind ends in one line on stderr and exit code 2, never a traceback.
 """
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     simulate = commands.add_parser("simulate", help="train a federation, attack it, write a report")
     _add_run_flags(simulate)
+    attack = commands.add_parser("attack", help="run the attack phase and report again on a run's "
+                                                 "saved models (e.g. after it failed or with other attacks)")
+    attack.add_argument("run_dir", type=Path, help="a run directory whose training finished")
+    attack.add_argument("--attacks", help="comma list of attacks (default: the run's own)")
     check = commands.add_parser("check", help="recompute every attack number of a run from its files")
     check.add_argument("run_dir", type=Path, help="a run directory written by simulate")
     return parser
@@ -102,6 +106,14 @@ def run_simulate(args: argparse.Namespace) -> None:
     print_summary(results)
 
 
+def run_attack(args: argparse.Namespace) -> None:
+    from fedmia.evaluation import reattack
+    from fedmia.summary import print_summary
+
+    attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else None
+    print_summary(reattack(args.run_dir, attacks))
+
+
 def run_check(args: argparse.Namespace) -> None:
     from fedmia.summary import check_run
 
@@ -114,7 +126,7 @@ def run_check(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"simulate": run_simulate, "check": run_check}[args.command](args)
+        {"simulate": run_simulate, "attack": run_attack, "check": run_check}[args.command](args)
     except FedmiaError as error:
         print(f"fedmia: error: {error}", file=sys.stderr)
         return USAGE_ERROR

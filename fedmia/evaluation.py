@@ -13,7 +13,8 @@ shadow is that model fine-tuned on a client-sized slice of the population.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 
 from fedmia.attacks import AdversaryKnowledge, ShadowObservation, TargetModel, make_attack
+from fedmia.errors import FedmiaError
 from fedmia.metrics import AttackMetrics, membership_metrics
 from fedmia.privacy import default_delta
-from fedmia.rundir import FINAL_GLOBAL_MODEL, client_model_name, global_round_name
+from fedmia.rundir import FINAL_GLOBAL_MODEL, RunDirectory, client_model_name, global_round_name
 from fedmia.run import PreparedRun, round_seed
 from fedmia.training import accuracy, predict_logits, train_epochs
 
@@ -175,3 +177,24 @@ def evaluate_privacy(run: PreparedRun, on_scope: Callable[[str], None] | None = 
             scope = attack_client(run, client, report["round"], delta)
         rows.append(client_row(run, client, report, scope))
     return {"global": global_result.to_dict(), "clients": rows}
+
+
+def reattack(path: Path, attacks: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The attack phase and report again, from a run directory whose training finished."""
+    from fedmia.report import write_outputs
+    from fedmia.run import load_prepared_run
+    from fedmia.timing import RunTimer
+
+    if not RunDirectory(path).has_model(FINAL_GLOBAL_MODEL):
+        raise FedmiaError(f"{path} has no final global model; only a run whose training "
+                          "finished can be attacked again")
+    run = load_prepared_run(str(path))
+    if attacks:
+        run = replace(run, config=replace(run.config, attacks=attacks))
+        run.rundir.write_text("config.toml", run.config.to_toml())
+    timer = RunTimer()
+    with timer.phase("attacks"):
+        results = evaluate_privacy(run)
+    previous = run.rundir.read_json("results.json") if (run.rundir.path / "results.json").exists() else {}
+    results["client_level_dp"] = previous.get("client_level_dp")
+    return write_outputs(run, results, timer)

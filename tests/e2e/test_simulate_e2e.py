@@ -74,3 +74,18 @@ def test_same_seed_same_split_and_initial_model(run_dir, tmp_path):
     assert again.manifest()["split"] == first["split"]
     initial = load_file(str(run_dir / "models" / "global_round_000.safetensors"))
     assert all(np.array_equal(initial[k].numpy(), v.numpy()) for k, v in again.new_model().state_dict().items())
+
+
+def test_attack_phase_reruns_from_the_saved_models_and_check_agrees(run_dir, capsys):
+    """Runs last: it rewrites the run's results with a single attack."""
+    assert main(["attack", str(run_dir), "--attacks", "loss"]) == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    assert list(results["global"]["attacks"]) == ["loss"]
+    assert main(["check", str(run_dir)]) == 0
+    assert "matches" in capsys.readouterr().out
+
+
+def test_attack_and_check_need_a_finished_run(tmp_path, capsys):
+    assert main(["attack", str(tmp_path)]) == 2
+    assert main(["check", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2

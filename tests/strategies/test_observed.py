@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -14,7 +14,7 @@ from fedmia.config import RunConfig
 from fedmia.errors import FedmiaError
 from fedmia.recorder import RoundRecorder, check_update
 from fedmia.run import prepare_run
-from strategies.observed import ObservedStrategy
+from strategies.observed import ObservedStrategy, last_line
 
 
 @pytest.fixture(autouse=True)
@@ -81,3 +81,18 @@ def test_a_round_with_no_usable_update_keeps_the_global_model(run):
     record = recorder.finish_round(1, base)
     assert "global model kept" in record["problems"][0]["reason"]
     assert np.isfinite(record["test_accuracy"])
+
+
+def test_a_failed_client_is_reported_in_one_line_and_the_round_goes_on(run):
+    recorder = RoundRecorder(run)
+    strategy = ObservedStrategy(FedAvg(), recorder)
+    base = run.new_model().state_dict()
+    request = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=1,
+                      message_type=MessageType.TRAIN)
+    failed = Message(Error(code=0, reason="Traceback (most recent call last):\n  File x\nValueError: boom'>"),
+                     reply_to=request)
+    arrays, _ = strategy.aggregate_train(1, [failed, reply(base, 0)])
+    assert arrays is not None
+    problem = recorder.finish_round(1, arrays.to_torch_state_dict())["problems"][0]
+    assert problem["reason"].endswith("failed: ValueError: boom")
+    assert last_line("") == "unknown error"
