@@ -56,23 +56,30 @@ def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def formal_cells(privacy: dict[str, Any] | None) -> str:
+    """Formal epsilon with what it rests on (PROTOCOL.md): accountant, delta, sigma, q, steps."""
+    if not privacy:
+        return "inf | - | - | - | -"
+    return (f"{_fmt(privacy['epsilon'], 2)} ({privacy['accountant']}) | {privacy['delta']:.1e} | "
+            f"{_fmt(privacy['noise_multiplier'], 3)} | {_fmt(privacy['sample_rate'], 3)} | {privacy['steps']}")
+
+
 def client_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| client | defense | n train | test acc | formal eps (delta) | measured eps lb "
-             "| strongest attack | AUC | TPR@1%FPR | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| client | defense | n train | train acc | test acc | formal eps | delta | sigma | q | steps "
+             "| measured eps lb | strongest attack | AUC | TPR@1%FPR | TPR@0.1%FPR | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if not row["trained"]:
-            lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | n/a | n/a | n/a "
-                         "| n/a | n/a | n/a | never uploaded a model |")
+            lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | n/a | n/a | "
+                         "n/a | - | - | - | - | n/a | n/a | n/a | n/a | n/a | never uploaded a model |")
             continue
-        privacy = row.get("privacy")
-        formal = f"{_fmt(privacy['epsilon'], 2)} ({privacy['delta']:.1e})" if privacy else "inf"
         best = row["attacks"][row["strongest_attack"]]
         note = "stopped: budget spent" if row.get("stopped") else ""
         lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | "
-                     f"{_fmt(row['test_accuracy'])} | {formal} | {_fmt(row['eps_lower_bound'], 2)} | "
+                     f"{_fmt(row['train_accuracy'])} | {_fmt(row['test_accuracy'])} | "
+                     f"{formal_cells(row.get('privacy'))} | {_fmt(row['eps_lower_bound'], 2)} | "
                      f"{row['strongest_attack']} | {_fmt(best['auc'])} | "
-                     f"{_fmt(best['tpr_at_1pct_fpr'])} | {note} |")
+                     f"{_fmt(best['tpr_at_1pct_fpr'])} | {_fmt(best['tpr_at_01pct_fpr'])} | {note} |")
     return lines
 
 
@@ -101,8 +108,10 @@ def render_report(results: dict[str, Any]) -> str:
         "the union of all clients' data; non-members: the held-out pool.", "",
         *attack_table(glob["attacks"]),
         "", "## Leakage per client (scope `client:k`, each client's last upload)", "",
-        "Adversary: the server, which sees every upload. TPR at 1% FPR needs at least 100 "
-        "non-members per client, hence n/a for small clients.", "",
+        "Adversary: the server, which sees every upload. Each client is attacked on its n train "
+        "members and as many held-out non-members. TPR at 1% (0.1%) FPR needs at least 100 "
+        "(1,000) non-members, hence n/a for small clients. Train acc: the client's last local "
+        "round; test acc: its last upload on the test pool.", "",
         *client_table(results["clients"]),
         "", EPS_NOTE, "",
         *client_level_section(results.get("client_level_dp")),
