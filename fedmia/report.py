@@ -160,25 +160,34 @@ def plot_roc(run: PreparedRun, results: dict[str, Any]) -> None:
 
 
 def plot_privacy(run: PreparedRun, results: dict[str, Any]) -> None:
-    """Per client: formal epsilon, measured lower bound and accuracy side by side."""
+    """Per client: formal epsilon next to the measured lower bound (top), and what protection
+    costs and buys: test accuracy of the upload and the strongest attack's AUC (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in results["clients"] if r["trained"]]
-    clients = [r["client"] for r in rows]
+    x = np.array([r["client"] for r in rows])
     measured = [r["eps_lower_bound"] for r in rows]
     formal = [formal_epsilon(r) for r in rows]
-    finite = [f for f in formal if f != float("inf")]
-    ceiling = max(finite + measured + [1.0]) * 1.3
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, len(rows) * 0.4), 6), sharex=True)
-    top.bar(np.array(clients) - 0.2, [min(f, ceiling) for f in formal], 0.4, label="formal eps (capped: inf = no DP)", color="C2")
-    top.bar(np.array(clients) + 0.2, measured, 0.4, label="measured eps lower bound", color="C3")
-    top.set(ylabel="epsilon", ylim=(0, ceiling))
+    ceiling = max([f for f in formal if f != float("inf")] + measured + [1.0]) * 1.25
+    undefended = [f == float("inf") for f in formal]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, len(rows) * 0.45), 6.5), sharex=True)
+    bars = top.bar(x - 0.2, [ceiling if u else f for f, u in zip(formal, undefended)], 0.4,
+                   label="formal epsilon (hatched: no DP, infinite)", color="C2")
+    for bar, no_dp in zip(bars, undefended):
+        bar.set_hatch("//" if no_dp else "")
+        bar.set_alpha(0.35 if no_dp else 1.0)
+    top.bar(x + 0.2, measured, 0.4, label="measured epsilon lower bound (95%)", color="C3")
+    top.set(ylabel="epsilon", ylim=(0, ceiling), title="privacy per client: formal vs measured")
     top.legend(fontsize=8)
-    bottom.bar(clients, [r["test_accuracy"] for r in rows], color="C0")
-    bottom.set(xlabel="client", ylabel="test accuracy of upload", ylim=(0, 1))
+    bottom.bar(x - 0.2, [r["test_accuracy"] for r in rows], 0.4, color="C0", label="test accuracy of upload")
+    bottom.bar(x + 0.2, [r["attacks"][r["strongest_attack"]]["auc"] for r in rows], 0.4, color="C1",
+               label="strongest attack AUC")
+    bottom.axhline(0.5, color="k", lw=0.8, ls="--")
+    bottom.set(xlabel="client", ylim=(0, 1), xticks=x)
+    bottom.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(run.rundir.path / "privacy.png", dpi=110)
     plt.close(figure)
