@@ -4,7 +4,8 @@
 Flower's DP wrappers) except that in `aggregate_train` every reply is first shown to the
 recorder, which is what the honest-but-curious server sees and keeps. Replies that failed,
 carry a malformed or non-finite model, or come from a client that stopped (its privacy budget
-is spent) are recorded and left out of the aggregate.
+is spent) are recorded and left out of the aggregate. The rest are aggregated in client order,
+so the floating-point sums, and the run, do not depend on which Ray actor answered first.
 """
 
 from __future__ import annotations
@@ -54,25 +55,28 @@ class ObservedStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         return self.inner.configure_train(server_round, arrays, config, grid)
 
-    def _accept(self, server_round: int, message: Message) -> bool:
+    def _accept(self, server_round: int, message: Message) -> int | None:
+        """The client id of a reply that goes into the aggregate; None for one that does not."""
         if message.has_error():
             self.recorder.record_problem(server_round, None,
                                          f"node {message.metadata.src_node_id} failed: "
                                          f"{last_line(message.error.reason)}")
-            return False
+            return None
         try:
             report = _reply_report(message)
             state = next(iter(message.content.array_records.values())).to_torch_state_dict()
         except (ValueError, StopIteration, KeyError, TypeError) as error:
             self.recorder.record_problem(server_round, None,
                                          f"node {message.metadata.src_node_id} sent a malformed reply: {error}")
-            return False
+            return None
         accepted = self.recorder.observe_update(server_round, report["client"], state, report)
-        return accepted and not report.get("stopped")
+        return report["client"] if accepted and not report.get("stopped") else None
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept = [message for message in replies if self._accept(server_round, message)]
+        accepted = [(client, message) for message in replies
+                     if (client := self._accept(server_round, message)) is not None]
+        kept = [message for _, message in sorted(accepted, key=lambda pair: pair[0])]
         if not kept:
             self.recorder.record_problem(server_round, None, "no usable update: global model kept")
             return None, None
