@@ -20,6 +20,8 @@ from fedmia.run import load_prepared_run
 STATE_KEY = "fedmia"
 REPORT_KEY = "report"
 UNIT_WEIGHT_KEY = "unit-weight"
+IDENTITY_KEY = "identity"
+CLIENT_ID_KEY = "client"
 
 
 def _load_defense_state(context: Context) -> dict[str, Any] | None:
@@ -62,6 +64,12 @@ def make_client_app(run_dir: str | None = None) -> ClientApp:
             REPORT_KEY: ConfigRecord({"json": json.dumps(report)}),
         })
         return Message(content=content, reply_to=msg)
+
+    @app.query()
+    def identify(msg: Message, context: Context) -> Message:
+        """Tell the server which client this node is, so it can sample clients by seed."""
+        identity = ConfigRecord({CLIENT_ID_KEY: int(context.node_config["partition-id"])})
+        return Message(content=RecordDict({IDENTITY_KEY: identity}), reply_to=msg)
 
     return app
 

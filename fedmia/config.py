@@ -95,6 +95,9 @@ def validate(config: RunConfig) -> None:
     if config.client_dp not in CLIENT_DP_MODES:
         raise FedmiaError(f"--client-dp must be one of {', '.join(CLIENT_DP_MODES)}, "
                           f"got {config.client_dp!r}")
+    if config.client_dp != "off" and config.fraction < 1:
+        raise FedmiaError("--client-dp needs every client in every round (Flower's wrappers "
+                          "calibrate noise to a fixed sample); use --fraction 1")
     PartitionSpec.parse(config.partition)
     from fedmia.attacks import ATTACKS
     from fedmia.data import DATASETS

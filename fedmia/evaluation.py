@@ -2,7 +2,8 @@
 
 Scopes (PROTOCOL.md): `global` attacks the final global model (members = every client's data);
 `client:k` attacks client k's last upload (members = client k's data). Each scope is evaluated
-on a balanced set (equal members and non-members, subsampled with the run's seed).
+on a balanced set (equal members and non-members, subsampled with the run's seed), balanced per
+class so that the non-members share the members' label distribution.
 
 Calibration uses only the adversary's knowledge: its population pool, split into shadow
 members and shadow non-members, and shadow models it trains itself the way the target was
@@ -61,15 +62,27 @@ class ScopeResult:
         }
 
 
-def balanced_eval_set(members: np.ndarray, nonmember_pool: np.ndarray,
+def balanced_eval_set(members: np.ndarray, nonmember_pool: np.ndarray, labels: np.ndarray,
                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, labels) with equally many members and non-members."""
-    size = min(len(members), len(nonmember_pool))
-    chosen_members = np.sort(rng.choice(members, size, replace=False))
-    chosen_nonmembers = np.sort(rng.choice(nonmember_pool, size, replace=False))
-    indices = np.concatenate([chosen_members, chosen_nonmembers])
-    labels = np.concatenate([np.ones(size, dtype=np.int64), np.zeros(size, dtype=np.int64)])
-    return indices, labels
+    """(indices, membership) with equally many members and non-members *per class*.
+
+    Non-members must come from the members' distribution: a client that holds two classes,
+    compared with non-members of all ten, would be "detected" by its label skew alone. So for
+    every class, as many members as non-members of that class are drawn (the smaller count).
+    """
+    chosen_members, chosen_nonmembers = [], []
+    for label in np.unique(labels[members]):
+        in_class = members[labels[members] == label]
+        pool_class = nonmember_pool[labels[nonmember_pool] == label]
+        size = min(len(in_class), len(pool_class))
+        chosen_members.append(rng.choice(in_class, size, replace=False))
+        chosen_nonmembers.append(rng.choice(pool_class, size, replace=False))
+    member_part = np.sort(np.concatenate(chosen_members))
+    nonmember_part = np.sort(np.concatenate(chosen_nonmembers))
+    indices = np.concatenate([member_part, nonmember_part])
+    membership = np.concatenate([np.ones(len(member_part), dtype=np.int64),
+                                 np.zeros(len(nonmember_part), dtype=np.int64)])
+    return indices, membership
 
 
 def _shadow_observation(run: PreparedRun, model: nn.Module, shadow_in: np.ndarray,
@@ -94,7 +107,8 @@ def train_shadow(run: PreparedRun, start: nn.Module, size: int, epochs: int, see
 def attack_scope(run: PreparedRun, scope: str, target: nn.Module, knowledge: AdversaryKnowledge,
                  members: np.ndarray, delta: float, seed: int) -> ScopeResult:
     """Fit every configured attack on `knowledge`, score the balanced set, save the scores."""
-    indices, labels = balanced_eval_set(members, run.split.nonmembers, np.random.default_rng(seed))
+    indices, labels = balanced_eval_set(members, run.split.nonmembers, run.dataset.labels,
+                                        np.random.default_rng(seed))
     images, targets = run.images(indices), run.labels(indices)
     access = TargetModel(target, run.config.device)
     metrics, decisions = {}, {}

@@ -121,3 +121,12 @@ def load_prepared_run(path: str) -> PreparedRun:
 def round_seed(base_seed: int, *keys: int) -> int:
     """A seed for one (client, round, ...) that does not collide with its neighbours'."""
     return int(np.random.SeedSequence([base_seed, *keys]).generate_state(1)[0])
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int, server_round: int) -> list[int]:
+    """The clients that train in `server_round`: all, or a seeded sample of `per_round`, so
+    the same seed selects the same clients whatever ids the federation gave its nodes."""
+    if per_round >= num_clients:
+        return list(range(num_clients))
+    rng = np.random.default_rng(round_seed(seed, 3_000_017, server_round))
+    return sorted(int(c) for c in rng.choice(num_clients, per_round, replace=False))

@@ -14,12 +14,13 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from clients.app import REPORT_KEY
+from clients.app import CLIENT_ID_KEY, IDENTITY_KEY, REPORT_KEY
 from fedmia.recorder import RoundRecorder
+from fedmia.run import sample_clients
 
 
 def last_line(reason: str) -> str:
@@ -39,11 +40,27 @@ def _reply_report(message: Message) -> dict[str, Any]:
 
 
 class ObservedStrategy(Strategy):
-    """Wrap `inner`; the recorder sees every update before `inner` aggregates."""
+    """Wrap `inner`; the recorder sees every update before `inner` aggregates.
 
-    def __init__(self, inner: Strategy, recorder: RoundRecorder) -> None:
+    Client sampling is seeded here, by client id: `inner` addresses every node, and only the
+    nodes of the clients `sample_clients` picks for the round get their message.
+    """
+
+    def __init__(self, inner: Strategy, recorder: RoundRecorder, per_round: int) -> None:
         self.inner = inner
         self.recorder = recorder
+        self.per_round = per_round
+        self._client_of_node: dict[int, int] | None = None
+
+    def client_of_node(self, grid: Grid) -> dict[int, int]:
+        """Ask every node once which client it is."""
+        if self._client_of_node is None:
+            queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+                       for node in grid.get_node_ids()]
+            self._client_of_node = {
+                reply.metadata.src_node_id: int(reply.content[IDENTITY_KEY][CLIENT_ID_KEY])
+                for reply in grid.send_and_receive(queries) if not reply.has_error()}
+        return self._client_of_node
 
     def __repr__(self) -> str:
         return f"ObservedStrategy({self.inner!r})"
@@ -53,7 +70,11 @@ class ObservedStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        config_run = self.recorder.run.config
+        clients = self.client_of_node(grid)
+        chosen = set(sample_clients(config_run.clients, self.per_round, config_run.seed, server_round))
+        messages = self.inner.configure_train(server_round, arrays, config, grid)
+        return [m for m in messages if clients.get(m.metadata.dst_node_id) in chosen]
 
     def _accept(self, server_round: int, message: Message) -> int | None:
         """The client id of a reply that goes into the aggregate; None for one that does not."""

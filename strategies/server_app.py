@@ -101,16 +101,17 @@ def wrap_client_dp(config: RunConfig, strategy: Strategy) -> Strategy:
 
 
 def build_strategy(config: RunConfig, recorder: RoundRecorder) -> ObservedStrategy:
-    """FedAvg, inside Flower's client-level DP wrapper if asked, observed by the adversary.
-    Client-level DP needs equal client weights, so FedAvg then weights every client by 1."""
+    """FedAvg, inside Flower's client-level DP wrapper if asked, observed by the adversary,
+    which samples the round's clients by seed. Client-level DP needs equal client weights, so
+    FedAvg then weights every client by 1."""
     fedavg = FedAvg(
-        fraction_train=config.fraction,
+        fraction_train=1.0,
         fraction_evaluate=0.0,
-        min_train_nodes=sampled_clients(config),
+        min_train_nodes=config.clients,
         min_available_nodes=config.clients,
         weighted_by_key=UNIT_WEIGHT_KEY if config.client_dp != "off" else "num-examples",
     )
-    return ObservedStrategy(wrap_client_dp(config, fedavg), recorder)
+    return ObservedStrategy(wrap_client_dp(config, fedavg), recorder, sampled_clients(config))
 
 
 def check_federation_size(grid: Grid, config: RunConfig) -> None:

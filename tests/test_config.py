@@ -58,6 +58,7 @@ def test_default_run_directory_names_the_setting():
     ({"attacks": ("loss", "magic")}, "unknown attack"),
     ({"device": "tpu"}, "--device"),
     ({"client_dp": "maybe"}, "--client-dp"),
+    ({"client_dp": "server-fixed", "fraction": 0.5}, "--fraction 1"),
 ])
 def test_bad_values_are_one_line_errors(settings, message):
     with pytest.raises(FedmiaError, match=message) as error:
@@ -70,3 +71,4 @@ def test_unknown_file_key_and_defense_are_reported():
         resolve_config({"roundz": 3}, {})
     with pytest.raises(FedmiaError, match="unknown defense"):
         resolve_config(None, {"clients": 2}, "magic", {})
+

@@ -10,8 +10,8 @@ pytestmark = pytest.mark.e2e
 
 
 def run_once(out) -> dict:
-    assert main(["simulate", "--clients", "3", "--rounds", "1", "--seed", "11", "--partition",
-                 "dirichlet:1.0", "--out", str(out)]) == 0
+    assert main(["simulate", "--clients", "4", "--rounds", "2", "--fraction", "0.5", "--seed", "11",
+                 "--partition", "dirichlet:1.0", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     results.pop("timing")
     results["run"].pop("out")
@@ -19,4 +19,8 @@ def run_once(out) -> dict:
 
 
 def test_two_runs_with_one_seed_give_identical_results(tmp_path):
-    assert run_once(tmp_path / "first") == run_once(tmp_path / "second")
+    """Also with client sampling: the seed picks clients, not Flower's random node ids."""
+    first = run_once(tmp_path / "first")
+    assert first == run_once(tmp_path / "second")
+    lines = [json.loads(line) for line in (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()]
+    assert all(len(line["clients"]) == 2 for line in lines[1:])

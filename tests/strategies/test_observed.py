@@ -57,7 +57,7 @@ def test_check_update_rejects_wrong_shapes_keys_and_non_finite_values(run):
 
 def test_malicious_and_stopped_updates_are_seen_but_not_aggregated(run):
     recorder = RoundRecorder(run)
-    strategy = ObservedStrategy(FedAvg(), recorder)
+    strategy = ObservedStrategy(FedAvg(), recorder, 3)
     base = run.new_model().state_dict()
     name = next(k for k, v in base.items() if v.is_floating_point())
     poisoned = {**base, name: torch.full_like(base[name], float("inf"))}
@@ -74,7 +74,7 @@ def test_malicious_and_stopped_updates_are_seen_but_not_aggregated(run):
 
 def test_a_round_with_no_usable_update_keeps_the_global_model(run):
     recorder = RoundRecorder(run)
-    strategy = ObservedStrategy(FedAvg(), recorder)
+    strategy = ObservedStrategy(FedAvg(), recorder, 3)
     base = run.new_model().state_dict()
     arrays, metrics = strategy.aggregate_train(1, [reply(base, 0, stopped=True)])
     assert arrays is None and metrics is None
@@ -85,7 +85,7 @@ def test_a_round_with_no_usable_update_keeps_the_global_model(run):
 
 def test_a_failed_client_is_reported_in_one_line_and_the_round_goes_on(run):
     recorder = RoundRecorder(run)
-    strategy = ObservedStrategy(FedAvg(), recorder)
+    strategy = ObservedStrategy(FedAvg(), recorder, 3)
     base = run.new_model().state_dict()
     request = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=1,
                       message_type=MessageType.TRAIN)
