@@ -21,9 +21,7 @@ class LocalResult:
 
 def report_to_dict(client: int, report: RoundReport) -> dict[str, Any]:
     """The report as JSON values, with the client id, as the server records it."""
-    data = asdict(report)
-    data["privacy"] = report.privacy.to_dict() if report.privacy else None
-    return {"client": client, **data}
+    return {"client": client, **asdict(report)}
 
 
 def run_local_round(run: PreparedRun, client: int, global_state: dict[str, torch.Tensor],

@@ -67,7 +67,6 @@ class RoundRecorder:
         self.test_labels = run.labels(run.split.test)
         self._reports: list[dict[str, Any]] = []
         self._problems: list[dict[str, Any]] = []
-        self.last_upload_round: dict[int, int] = {}
 
     def observe_update(self, server_round: int, client: int, state: dict[str, torch.Tensor],
                        report: dict[str, Any]) -> bool:
@@ -80,7 +79,6 @@ class RoundRecorder:
         self._reports.append(report)
         if not report.get("stopped"):
             self.run.rundir.save_model(client_model_name(client), state)
-            self.last_upload_round[client] = server_round
         return True
 
     def record_problem(self, server_round: int, client: int | None, reason: str) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -20,13 +19,6 @@ class PrivacySpent:
     noise_multiplier: float
     sample_rate: float
     steps: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PrivacySpent:
-        return cls(**data)
 
 
 def default_delta(num_examples: int) -> float:
