@@ -72,6 +72,9 @@ def simulate(config: RunConfig, verbose: bool = False) -> dict[str, Any]:
             backend_config=backend_config(config),
             verbose_logging=verbose,
         )
+    except KeyboardInterrupt:
+        logging.disable(logging.CRITICAL)
+        raise
     finally:
         progress.close()
         ray.shutdown()
