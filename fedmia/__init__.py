@@ -10,7 +10,7 @@ from fedmia.defenses import DEFENSES, Defense, DefenseSpec
 from fedmia.errors import FedmiaError
 from fedmia.metrics import AttackMetrics, membership_metrics
 from fedmia.models import MODELS, build_model
-from fedmia.privacy import PrivacySpent, calibrate_noise_multiplier, epsilon_of
+from fedmia.privacy import PrivacySpent, calibrate_noise_multiplier, compute_epsilon
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ __all__ = [
     "TargetModel",
     "build_model",
     "calibrate_noise_multiplier",
-    "epsilon_of",
+    "compute_epsilon",
     "load_dataset",
     "make_attack",
     "make_privacy_split",

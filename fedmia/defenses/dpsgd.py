@@ -1,56 +1,28 @@
-"""`dpsgd`: record-level DP-SGD through Opacus (per-sample clipping to C, Poisson sampling,
-Gaussian noise sigma * C), with the client's budget over the whole run (see `private`)."""
+"""`dpsgd`: record-level DP-SGD. Each sample's gradient over the whole model is clipped to norm
+C (`max_grad_norm`), the sum gets Gaussian noise of std sigma C, on Poisson samples; sigma is
+calibrated so that the client's (epsilon, delta) covers the whole run (see `private`)."""
 
 from __future__ import annotations
 
-import warnings
+from typing import Any
 
-import numpy as np
-import torch
-from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from fedmia.defenses.base import ClientData, RoundContext
-from fedmia.defenses.private import PrivateDefense, StepPlan, TrainOutcome
-from fedmia.training import make_optimizer
-
-GRAD_SAMPLE_MODE = "hooks"
-
-# Opacus's reminder that its RNG is not cryptographically secure (simulation, not deployment),
-# and torch's note on backward hooks over inputs that need no gradient: both expected here.
-warnings.filterwarnings("ignore", message="Secure RNG turned off")
-warnings.filterwarnings("ignore", message="Full backward hook is firing")
+from fedmia.defenses.base import ClientData, RoundContext, check_param
+from fedmia.defenses.private import PrivateDefense, StepPlan, noisy_sgd
+from fedmia.privacy.gradients import ClipGroup, PerSampleGradients
 
 
 class DPSGD(PrivateDefense):
     name = "dpsgd"
 
-    def train_private(self, model: nn.Module, data: ClientData, context: RoundContext,
-                      plan: StepPlan) -> TrainOutcome:
-        device = context.plan.device
-        model.to(device).train()
-        generator = torch.Generator().manual_seed(context.seed)
-        loader = DataLoader(TensorDataset(torch.as_tensor(data.images), torch.as_tensor(data.labels)),
-                            batch_size=context.plan.batch_size, generator=generator)
-        engine = PrivacyEngine(accountant="rdp")
-        private_model, optimizer, private_loader = engine.make_private(
-            module=model, optimizer=make_optimizer(model, context.plan), data_loader=loader,
-            noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-            poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE, noise_generator=generator)
-        losses, correct, seen = [], 0, 0
-        for _ in range(context.plan.local_epochs):
-            for images, labels in private_loader:
-                images, labels = images.to(device), labels.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                logits = private_model(images)
-                loss = nn.functional.cross_entropy(logits, labels) if len(labels) else logits.sum() * 0
-                loss.backward()
-                optimizer.step()
-                if len(labels):
-                    losses.append(float(loss.detach()) * len(labels))
-                    correct += int((logits.argmax(1) == labels).sum())
-                    seen += len(labels)
-        private_model._close()
-        return TrainOutcome(float(np.sum(losses) / max(seen, 1)), correct / max(seen, 1),
-                            {"grad_sample_mode": GRAD_SAMPLE_MODE})
+    def __init__(self, epsilon: float, delta: float | None = None, accountant: str = "rdp",
+                 max_grad_norm: float = 1.0, **unknown: Any) -> None:
+        super().__init__(epsilon, delta, accountant, **unknown)
+        self.max_grad_norm = check_param("max_grad_norm", max_grad_norm, 1e-6, defense=self.name)
+
+    def train_private(self, model: nn.Module, gradients: PerSampleGradients, data: ClientData,
+                      context: RoundContext, plan: StepPlan) -> dict[str, Any]:
+        whole_model = [ClipGroup(tuple(gradients.layers), self.max_grad_norm, plan.noise_multiplier)]
+        noisy_sgd(model, gradients, data, context, plan, lambda step: whole_model)
+        return {"max_grad_norm": self.max_grad_norm}

@@ -1,106 +1,152 @@
 """What every record-level DP defense shares: the budget over the whole federated run.
 
-The client's target (epsilon, delta) covers every local step of every round it may train in:
-the noise multiplier is calibrated once, on the client's first round, for
-`total_rounds x local_epochs x ceil(n / batch_size)` steps at sample rate 1 / ceil(n / batch_size).
-Each round appends (sigma, q, steps) to the accountant's history; a round that would take the
-client past its epsilon is not trained (the client says so), so it never overspends.
+A client's target (epsilon, delta) covers every local step of every round it may train in. On
+its first round it fixes delta (default `default_delta(n)`, below 1/n) and calibrates the noise
+multiplier once for `total_rounds x local_epochs x ceil(n / batch_size)` steps at sample rate
+q = batch_size / n. Each round draws Poisson samples at rate q, takes that round's noisy steps
+and appends (sigma, q, steps) to the client's `AccountantRecord`, which travels in `state_dict`.
+A round that would take the client past its epsilon is not trained (the client says so and
+leaves the model untouched), so it never overspends.
+
+The round report carries no training loss or accuracy (NaN): those are computed from the
+client's records without noise, and the formal epsilon covers only what the mechanism releases.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from abc import abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from fedmia.defenses.base import ClientData, Defense, RoundContext, RoundReport, check_param
 from fedmia.errors import FedmiaError
-from fedmia.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, epsilon_of
+from fedmia.privacy.accounting import ACCOUNTANTS, AccountantRecord, calibrate_noise_multiplier
 from fedmia.privacy.budget import PrivacySpent, default_delta
+from fedmia.privacy.gradients import ClipGroup, PerSampleGradients
+from fedmia.training import TrainingPlan, as_tensors, make_optimizer
+
+NOT_RELEASED = float("nan")
 
 
 @dataclass(frozen=True)
 class StepPlan:
-    """One round of noisy steps: Poisson sampling at `sample_rate` for `steps` steps."""
+    """One round of noisy steps: `steps` Poisson samples at `sample_rate`, multiplier sigma."""
 
     noise_multiplier: float
     sample_rate: float
     steps: int
-    max_grad_norm: float
+
+    @property
+    def mechanism(self) -> tuple[float, float, int]:
+        return (self.noise_multiplier, self.sample_rate, self.steps)
 
 
-@dataclass(frozen=True)
-class TrainOutcome:
-    loss: float
-    accuracy: float
-    details: dict[str, Any] = field(default_factory=dict)
+def round_sampling(num_examples: int, plan: TrainingPlan) -> tuple[float, int]:
+    """(q, steps per round): expected batch `batch_size`, ceil(n / batch_size) steps an epoch."""
+    sample_rate = min(1.0, plan.batch_size / num_examples)
+    return sample_rate, plan.local_epochs * math.ceil(num_examples / plan.batch_size)
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    return max(1, math.ceil(num_examples / batch_size))
+def poisson_batches(num_examples: int, sample_rate: float, steps: int,
+                    generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches, each example in each independently with probability `sample_rate`
+    (batches may be empty: that is what the amplification-by-sampling bound assumes)."""
+    for _ in range(steps):
+        draws = torch.rand(num_examples, generator=generator, device=generator.device)
+        yield torch.nonzero(draws < sample_rate).squeeze(1)
+
+
+def noisy_sgd(model: nn.Module, gradients: PerSampleGradients, data: ClientData, context: RoundContext,
+              plan: StepPlan, groups_for_step: Callable[[int], Sequence[ClipGroup]]) -> None:
+    """The round's noisy steps on `model` in place, with the plan's optimizer (SGD, momentum)."""
+    device = context.plan.device
+    model.to(device).train()
+    optimizer = make_optimizer(model, context.plan)
+    generator = torch.Generator(device=device).manual_seed(context.seed)
+    images, labels = as_tensors(data.images, data.labels, device)
+    expected_batch = plan.sample_rate * len(labels)
+    for step, batch in enumerate(poisson_batches(len(labels), plan.sample_rate, plan.steps, generator)):
+        groups = groups_for_step(step)
+        gradients.check_groups(groups)
+        optimizer.zero_grad(set_to_none=True)
+        gradients.set_noisy_gradients(images[batch], labels[batch], groups, expected_batch, generator)
+        optimizer.step()
 
 
 class PrivateDefense(Defense):
-    """A defense whose rounds are accounted subsampled Gaussian steps."""
+    """A defense whose rounds are accounted Poisson-subsampled Gaussian steps."""
 
     needs_dp_compatible_model = True
 
-    def __init__(self, epsilon: float, delta: float | None = None, max_grad_norm: float = 1.0,
-                 accountant: str = "rdp") -> None:
+    def __init__(self, epsilon: float, delta: float | None = None, accountant: str = "rdp",
+                 **unknown: Any) -> None:
+        if unknown:
+            known = [p for p in inspect.signature(type(self).__init__).parameters
+                     if p not in ("self", "unknown")]
+            raise FedmiaError(f"defense {self.name!r} has no parameter {', '.join(sorted(unknown))}; "
+                              f"its parameters are {', '.join(known)}")
         self.epsilon = check_param("epsilon", epsilon, 1e-3, 1e6, defense=self.name)
         self.delta = None if delta is None else check_param("delta", delta, 1e-12, 0.1, defense=self.name)
-        self.max_grad_norm = check_param("max_grad_norm", max_grad_norm, 1e-6, defense=self.name)
         if accountant not in ACCOUNTANTS:
-            raise FedmiaError(f"defense {self.name!r}: accountant={accountant!r}; use rdp or prv")
+            raise FedmiaError(f"defense {self.name!r}: accountant={accountant!r}; "
+                              f"use one of {', '.join(ACCOUNTANTS)}")
         self.accountant = accountant
         self.noise_multiplier: float | None = None
-        self.history: list[list[float]] = []
+        self.record: AccountantRecord | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"noise_multiplier": self.noise_multiplier, "delta": self.delta,
-                "history": self.history}
+        return {"noise_multiplier": self.noise_multiplier,
+                "record": None if self.record is None else self.record.to_json()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.noise_multiplier = state["noise_multiplier"]
-        self.delta = state["delta"]
-        self.history = [list(entry) for entry in state["history"]]
+        self.record = None if state["record"] is None else AccountantRecord.from_json(state["record"])
 
-    def round_plan(self, data: ClientData, context: RoundContext) -> StepPlan:
-        """This round's steps; calibrates sigma for the whole run on the first call."""
-        per_epoch = steps_per_epoch(len(data), context.plan.batch_size)
-        sample_rate = 1.0 / per_epoch
-        round_steps = per_epoch * context.plan.local_epochs
-        if self.delta is None:
-            self.delta = default_delta(len(data))
+    def ledger(self, data: ClientData) -> AccountantRecord:
+        """The client's accountant record; on its first round, with delta fixed for the run."""
+        if self.record is None:
+            self.record = AccountantRecord(self.accountant, self.delta or default_delta(len(data)))
+        return self.record
+
+    def plan_round(self, data: ClientData, context: RoundContext) -> StepPlan:
+        """This round's steps; calibrates sigma for the whole run on the first round."""
+        sample_rate, steps = round_sampling(len(data), context.plan)
         if self.noise_multiplier is None:
             self.noise_multiplier = calibrate_noise_multiplier(
-                self.epsilon, self.delta, sample_rate, round_steps * context.total_rounds, self.accountant)
-        return StepPlan(self.noise_multiplier, sample_rate, round_steps, self.max_grad_norm)
-
-    def spent(self, history: list[list[float]]) -> PrivacySpent:
-        steps = int(sum(entry[2] for entry in history))
-        sample_rate = history[-1][1] if history else 0.0
-        return PrivacySpent(epsilon_of(history, self.delta, self.accountant), self.delta, self.accountant,
-                            self.noise_multiplier or 0.0, sample_rate, steps)
+                self.epsilon, self.ledger(data).delta, sample_rate, steps * context.total_rounds,
+                self.accountant)
+        return StepPlan(self.noise_multiplier, sample_rate, steps)
 
     def train_round(self, model: nn.Module, data: ClientData, context: RoundContext) -> RoundReport:
         started = time.perf_counter()
-        plan = self.round_plan(data, context)
-        planned = self.history + [[plan.noise_multiplier, plan.sample_rate, plan.steps]]
-        if epsilon_of(planned, self.delta, self.accountant) > self.epsilon * (1 + 1e-9):
-            return RoundReport(len(data), float("nan"), float("nan"), time.perf_counter() - started,
-                               self.spent(self.history), stopped=True,
-                               message=f"budget epsilon={self.epsilon} would be exceeded; not training")
-        outcome = self.train_private(model, data, context, plan)
-        self.history = planned
-        return RoundReport(len(data), outcome.loss, outcome.accuracy, time.perf_counter() - started,
-                           self.spent(self.history), details=outcome.details)
+        plan = self.plan_round(data, context)
+        record = self.ledger(data)
+        would_spend = record.epsilon_after(*plan.mechanism)
+        stopped = would_spend > self.epsilon
+        details: dict[str, Any] = {}
+        if stopped:
+            epsilon = record.epsilon()
+        else:
+            with PerSampleGradients(model) as gradients:
+                details = self.train_private(model, gradients, data, context, plan)
+            record.record(*plan.mechanism)
+            epsilon = would_spend
+        spent = PrivacySpent(epsilon, record.delta, self.accountant, plan.noise_multiplier,
+                             plan.sample_rate, record.steps)
+        message = (f"budget reached: another round would spend epsilon {would_spend:.4g} > "
+                   f"{self.epsilon:g}; not training") if stopped else ""
+        return RoundReport(len(data), NOT_RELEASED, NOT_RELEASED, time.perf_counter() - started, spent,
+                           stopped=stopped, message=message, details=details)
 
     @abstractmethod
-    def train_private(self, model: nn.Module, data: ClientData, context: RoundContext,
-                      plan: StepPlan) -> TrainOutcome:
-        """Run `plan.steps` noisy steps on `model` in place."""
+    def train_private(self, model: nn.Module, gradients: PerSampleGradients, data: ClientData,
+                      context: RoundContext, plan: StepPlan) -> dict[str, Any]:
+        """Take the plan's noisy steps on `model` in place (through `noisy_sgd`); return the
+        round's defense-specific details (JSON values)."""

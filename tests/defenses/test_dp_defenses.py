@@ -1,15 +1,16 @@
-"""DP-SGD and layered DP as clients use them: budget over the run, stop, state, allocation."""
+"""What dpsgd and ladp share: a budget over the whole run, kept across rebuilt clients, a stop
+before overspending, and parameters checked up front."""
 
-import numpy as np
+import json
+import math
+
 import pytest
 import torch
 
 from fedmia.data import load_dataset
-from fedmia.defenses import DPSGD, ClientData, LayeredAdaptiveDP, RoundContext
-from fedmia.defenses.ladp import fisher_scores, layer_groups
+from fedmia.defenses import DPSGD, ClientData, DefenseSpec, LayeredAdaptiveDP, RoundContext
 from fedmia.errors import FedmiaError
 from fedmia.models import build_model
-from fedmia.privacy import effective_noise_multiplier
 from fedmia.training import TrainingPlan
 
 PLAN = TrainingPlan(local_epochs=1, batch_size=16)
@@ -18,70 +19,66 @@ PLAN = TrainingPlan(local_epochs=1, batch_size=16)
 @pytest.fixture(scope="module")
 def client():
     digits = load_dataset("digits")
-    return ClientData(0, digits.images[:48], digits.labels[:48], 10)
+    return ClientData(0, digits.images[:40], digits.labels[:40], 10)
 
 
-def model():
-    return build_model("cnn", (1, 8, 8), 10, dp_compatible=True, seed=0)
+def run_rounds(defense_class, client, rounds, planned, **params):
+    """Train `rounds` rounds, rebuilding the defense from JSON state each round as Flower does."""
+    model = build_model("cnn", (1, 8, 8), 10, dp_compatible=True, seed=0)
+    state, reports, untouched = None, [], []
+    for server_round in range(1, rounds + 1):
+        defense = defense_class(**params)
+        if state is not None:
+            defense.load_state_dict(state)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        reports.append(defense.train_round(model, client, RoundContext(server_round, planned, PLAN, server_round)))
+        untouched.append(all(torch.equal(before[k], v) for k, v in model.state_dict().items()))
+        state = json.loads(json.dumps(defense.state_dict()))
+    return reports, untouched
 
 
 @pytest.mark.parametrize("defense_class", [DPSGD, LayeredAdaptiveDP])
-def test_client_spends_its_budget_over_the_planned_rounds_then_stops(defense_class, client):
-    target, rounds = 2.0, 3
-    state, epsilons = None, []
-    net = model()
-    for server_round in range(1, rounds + 2):
-        defense = defense_class(epsilon=target)
-        if state is not None:
-            defense.load_state_dict(state)
-        before = {k: v.clone() for k, v in net.state_dict().items()}
-        report = defense.train_round(net, client, RoundContext(server_round, rounds, PLAN, server_round))
-        state = defense.state_dict()
-        if server_round <= rounds:
-            assert not report.stopped
-            epsilons.append(report.privacy.epsilon)
-        else:
-            assert report.stopped and "exceeded" in report.message
-            assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+def test_budget_covers_the_planned_rounds_grows_every_round_then_stops(defense_class, client):
+    target, planned = 2.0, 3
+    reports, untouched = run_rounds(defense_class, client, planned + 1, planned, epsilon=target)
+    trained, last = reports[:planned], reports[planned]
+    epsilons = [r.privacy.epsilon for r in trained]
+    assert not any(r.stopped for r in trained) and not any(untouched[:planned])
     assert all(a < b for a, b in zip(epsilons, epsilons[1:]))
     assert epsilons[-1] <= target and epsilons[-1] == pytest.approx(target, rel=0.01)
-    assert report.privacy.steps == rounds * 3 and report.privacy.delta == pytest.approx(1 / 480)
+    assert last.stopped and "budget" in last.message and untouched[planned]
+    assert last.privacy.epsilon == epsilons[-1] and last.privacy.steps == planned * 3
+    assert last.privacy.sample_rate == pytest.approx(16 / 40) and last.privacy.delta == pytest.approx(1 / 400)
 
 
-def test_dpsgd_changes_the_model_and_keeps_its_parameter_names(client):
-    net = model()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    DPSGD(epsilon=8.0).train_round(net, client, RoundContext(1, 1, PLAN, 0))
-    assert net.state_dict().keys() == before.keys()
-    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+def test_dpsgd_and_ladp_account_the_same_budget_identically(client):
+    """ladp's sigma_eff is calibrated exactly like dpsgd's sigma: same steps, same epsilon."""
+    flat, _ = run_rounds(DPSGD, client, 2, 2, epsilon=4.0)
+    layered, _ = run_rounds(LayeredAdaptiveDP, client, 2, 2, epsilon=4.0)
+    assert [r.privacy for r in flat] == [r.privacy for r in layered]
 
 
-@pytest.mark.parametrize("params", [{"epsilon": -1}, {"epsilon": 1, "delta": 0.5},
-                                    {"epsilon": 1, "accountant": "moments"},
-                                    {"epsilon": 1, "max_grad_norm": 0}])
-def test_bad_parameters_are_rejected_up_front(params):
-    with pytest.raises(FedmiaError):
-        DPSGD(**params)
+def test_prv_accountant_and_an_explicit_delta_are_used_and_reported(client):
+    (report,), _ = run_rounds(DPSGD, client, 1, 1, epsilon=4.0, delta=1e-4, accountant="prv")
+    assert report.privacy.accountant == "prv" and report.privacy.delta == 1e-4
+    assert report.privacy.epsilon == pytest.approx(4.0, rel=0.01)
 
 
-def test_ladp_allocation_meets_sigma_eff_and_reports_every_layer(client):
-    net = model()
-    defense = LayeredAdaptiveDP(epsilon=4.0)
-    report = defense.train_round(net, client, RoundContext(1, 2, PLAN, 0))
-    layers = report.details["layers"]
-    assert set(layers) == set(layer_groups(net))
-    sigma_eff = effective_noise_multiplier([layer["sigma"] for layer in layers.values()])
-    assert sigma_eff == pytest.approx(report.privacy.noise_multiplier)
-    sensitive = [l for l in layers.values() if l["sensitive"]]
-    others = [l for l in layers.values() if not l["sensitive"]]
-    assert sensitive and others
-    assert all(l["clip"] == 1.0 for l in sensitive) and all(l["clip"] == 5.0 for l in others)
-    assert others[0]["sigma"] == pytest.approx(sensitive[0]["sigma"] / 2)
+def test_nothing_computed_from_records_without_noise_is_reported(client):
+    (report,), _ = run_rounds(DPSGD, client, 1, 1, epsilon=4.0)
+    assert math.isnan(report.train_loss) and math.isnan(report.train_accuracy)
 
 
-def test_ladp_allocation_uses_no_private_data(client):
-    """The Fisher scores depend on the model and the seed only: never on the client's records."""
-    net = model()
-    scores = fisher_scores(net, (1, 8, 8), seed=3)
-    assert scores == fisher_scores(net, (1, 8, 8), seed=3)
-    assert all(np.isfinite(v) and v >= 0 for v in scores.values())
+@pytest.mark.parametrize("name, params", [
+    ("dpsgd", {"epsilon": -1}), ("dpsgd", {"epsilon": 1, "delta": 0.5}),
+    ("dpsgd", {"epsilon": 1, "accountant": "moments"}), ("dpsgd", {"epsilon": 1, "max_grad_norm": 0}),
+    ("dpsgd", {"epsilon": 1, "clip": 1.0}), ("ladp", {"epsilon": 1, "max_grad_norm": 1.0}),
+    ("ladp", {"epsilon": 1, "other_clip": 0}), ("ladp", {"epsilon": 1, "reallocate_every": 2.5}),
+])
+def test_bad_parameters_are_user_errors_up_front(name, params):
+    with pytest.raises(FedmiaError, match=name):
+        DefenseSpec(name, params).build()
+
+
+def test_both_defenses_are_registered_and_need_the_dp_compatible_model():
+    assert all(DefenseSpec(name, {"epsilon": 1.0}).needs_dp_compatible_model for name in ("dpsgd", "ladp"))
