@@ -6,6 +6,8 @@ so that the partitioners work on it unchanged; each partition is read back as po
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +34,7 @@ class PartitionSpec:
                 value = float(raw) if kind == "dirichlet" else int(raw)
             except ValueError:
                 value = -1
-            if value > 0:
+            if value > 0 and math.isfinite(value):
                 return cls(kind, value)
         raise FedmiaError(f"bad --partition {text!r}; use {PARTITION_HELP}")
 
@@ -72,6 +74,29 @@ def _partitioner(spec: PartitionSpec, num_clients: int, seed: int):
     )
 
 
+def _run_partitioner(spec: PartitionSpec, num_clients: int, pool_indices: np.ndarray,
+                     labels: np.ndarray, seed: int) -> list[np.ndarray]:
+    """One sorted index array per partition. The pool is shuffled first: the IID partitioner
+    cuts contiguous shards, which would follow the pool's order (a label-sorted pool would
+    give every "IID" client a single label). The Dirichlet partitioner warns on each of its
+    retries; its final failure becomes one FedmiaError instead."""
+    from datasets import Dataset
+
+    partitioner = _partitioner(spec, num_clients, seed)
+    order = np.random.default_rng(seed).permutation(len(pool_indices))
+    partitioner.dataset = Dataset.from_dict(
+        {"index": pool_indices[order].astype(np.int64), "label": labels[order].astype(np.int64)}
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="flwr_datasets")
+            return [np.sort(np.asarray(partitioner.load_partition(k)["index"], dtype=np.int64))
+                    for k in range(num_clients)]
+    except ValueError as error:
+        raise FedmiaError(f"cannot partition with {spec}: {str(error).rstrip('.')}; try a larger "
+                          "alpha or fewer clients") from None
+
+
 def partition_indices(
     pool_indices: np.ndarray,
     labels: np.ndarray,
@@ -80,8 +105,6 @@ def partition_indices(
     seed: int,
 ) -> list[np.ndarray]:
     """Split `pool_indices` (with their `labels`) into one sorted index array per client."""
-    from datasets import Dataset
-
     if num_clients > len(pool_indices):
         raise FedmiaError(
             f"{num_clients} clients but only {len(pool_indices)} member samples; "
@@ -92,16 +115,7 @@ def partition_indices(
             f"classes:{int(spec.value)} asks for more classes per client than the "
             f"{len(np.unique(labels))} present; lower K"
         )
-    partitioner = _partitioner(spec, num_clients, seed)
-    partitioner.dataset = Dataset.from_dict(
-        {"index": pool_indices.astype(np.int64), "label": labels.astype(np.int64)}
-    )
-    try:
-        parts = [np.sort(np.asarray(partitioner.load_partition(k)["index"], dtype=np.int64))
-                 for k in range(num_clients)]
-    except ValueError as error:
-        raise FedmiaError(f"cannot partition with {spec}: {error}; try a larger alpha "
-                          "or fewer clients") from None
+    parts = _run_partitioner(spec, num_clients, pool_indices, labels, seed)
     empty = [k for k, part in enumerate(parts) if len(part) == 0]
     if empty:
         raise FedmiaError(

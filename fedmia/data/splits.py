@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,13 +45,20 @@ class PrivacySplit:
     test: np.ndarray
     fractions: SplitFractions = field(default_factory=SplitFractions)
 
+    def __post_init__(self) -> None:
+        pools = [*self.clients, self.nonmembers, self.population, self.test]
+        everything = np.concatenate(pools)
+        if len(np.unique(everything)) != len(everything) or (everything < 0).any():
+            raise FedmiaError("the split's pools overlap or hold negative indices; "
+                              "the manifest was edited or is corrupt, so start a new run")
+
     @property
     def members(self) -> np.ndarray:
         return np.sort(np.concatenate(self.clients))
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "fractions": vars(self.fractions),
+            "fractions": asdict(self.fractions),
             "clients": [part.tolist() for part in self.clients],
             "nonmembers": self.nonmembers.tolist(),
             "population": self.population.tolist(),
@@ -72,11 +79,17 @@ class PrivacySplit:
         )
 
 
-def _carve(indices: np.ndarray, labels: np.ndarray, size: int, seed: int):
-    """Take `size` indices out of `indices`, stratified by label when every class allows it."""
-    counts = np.bincount(labels[indices])
-    stratify = labels[indices] if counts[counts > 0].min() >= 2 else None
-    taken, rest = train_test_split(indices, train_size=size, random_state=seed, stratify=stratify)
+def _carve(indices: np.ndarray, labels: np.ndarray, size: int,
+           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Take `size` indices out of `indices` (returned sorted, the rest shuffled), stratified by
+    label when scikit-learn can: every class needs two samples, and each side at least one
+    sample per class."""
+    present = labels[indices]
+    counts = np.bincount(present)
+    num_classes = int((counts > 0).sum())
+    stratifiable = counts[counts > 0].min() >= 2 and min(size, len(indices) - size) >= num_classes
+    taken, rest = train_test_split(indices, train_size=size, random_state=seed,
+                                   stratify=present if stratifiable else None)
     return np.sort(taken), rest
 
 
@@ -102,6 +115,6 @@ def make_privacy_split(
         taken, rest = _carve(rest, labels, size, seed + offset)
         pools.append(taken)
     test, population, nonmembers = pools
-    member_pool = np.sort(rest[: int(total * fractions.members)]) if fractions.members < 1 else rest
+    member_pool = np.sort(rest[: int(total * fractions.members)])
     clients = partition_indices(member_pool, labels[member_pool], num_clients, partition, seed)
     return PrivacySplit(tuple(clients), nonmembers, population, test, fractions)
