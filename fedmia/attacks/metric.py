@@ -12,11 +12,9 @@ from abc import abstractmethod
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import log_softmax, logsumexp
 
 from fedmia.attacks.base import AdversaryKnowledge, MembershipAttack, TargetModel, best_threshold
-
-_TINY = 1e-30
 
 
 class MetricAttack(MembershipAttack):
@@ -41,13 +39,40 @@ def _log_probs(logits: np.ndarray) -> np.ndarray:
     return log_softmax(logits, axis=1)
 
 
+def _log_odds(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """log(p_c / (1 - p_c)) = z_c - logsumexp_{j != c} z_j, for one class c per row. Unlike
+    log_softmax it keeps its precision when p_c rounds to 1 (margins above ~37 nats), where the
+    most member-like samples would otherwise all tie."""
+    rows = np.arange(len(classes))
+    logits = np.asarray(logits, dtype=np.float64)
+    others = logits.copy()
+    others[rows, classes] = -np.inf
+    return logits[rows, classes] - logsumexp(others, axis=1)
+
+
+def _log_prob_of(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """log p_c for one class per row, exact also where p_c rounds to 1."""
+    return -np.logaddexp(0.0, -_log_odds(logits, classes))
+
+
+def _log_one_minus_probs(logits: np.ndarray) -> np.ndarray:
+    """log(1 - p_i) for every class without cancellation: every class but the top one has
+    p_i <= 1/2, where log1p(-p_i) is exact; the top one comes from its log-odds."""
+    rows, top = np.arange(len(logits)), logits.argmax(axis=1)
+    probs = np.exp(_log_probs(logits))
+    probs[rows, top] = 0.0
+    result = np.log1p(-probs)
+    result[rows, top] = -np.logaddexp(0.0, _log_odds(logits, top))
+    return result
+
+
 class LossAttack(MetricAttack):
     name: ClassVar[str] = "loss"
 
     @staticmethod
     def signal(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Negative cross-entropy loss: members are fitted better."""
-        return _log_probs(logits)[np.arange(len(labels)), labels]
+        return _log_prob_of(logits, labels)
 
 
 class ConfidenceAttack(MetricAttack):
@@ -75,14 +100,14 @@ class ModifiedEntropyAttack(MetricAttack):
     @staticmethod
     def signal(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Negative Mentr (Song & Mittal): entropy that also uses the true label, so confident
-        wrong predictions count against membership."""
-        log_probs = _log_probs(logits)
-        probs = np.exp(log_probs)
+        wrong predictions count against membership.
+        Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)."""
         rows = np.arange(len(labels))
-        p_true = probs[rows, labels]
-        log_one_minus = np.log(np.clip(1 - probs, _TINY, None))
-        others = -(probs * log_one_minus).sum(axis=1) + p_true * log_one_minus[rows, labels]
-        true_term = -(1 - p_true) * log_probs[rows, labels]
+        log_one_minus = _log_one_minus_probs(logits)
+        true_term = -np.exp(log_one_minus[rows, labels]) * _log_prob_of(logits, labels)
+        other_probs = np.exp(_log_probs(logits))
+        other_probs[rows, labels] = 0.0
+        others = -(other_probs * log_one_minus).sum(axis=1)
         return -(true_term + others)
 
 
