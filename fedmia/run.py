@@ -25,6 +25,7 @@ from fedmia.data import ArrayDataset, PrivacySplit, load_dataset, make_privacy_s
 from fedmia.defenses import ClientData
 from fedmia.models import build_model
 from fedmia.rundir import RunDirectory
+from fedmia.seeding import round_seed
 from fedmia.training import TrainingPlan
 
 RECORDED_PACKAGES = ("fedmia", "flwr", "flwr-datasets", "ray", "torch", "torchvision", "opacus",
@@ -116,11 +117,6 @@ def load_prepared_run(path: str) -> PreparedRun:
                            download=False)
     split = PrivacySplit.from_dict(rundir.read_json("manifest.json")["split"])
     return PreparedRun(config, dataset, split, rundir)
-
-
-def round_seed(base_seed: int, *keys: int) -> int:
-    """A seed for one (client, round, ...) that does not collide with its neighbours'."""
-    return int(np.random.SeedSequence([base_seed, *keys]).generate_state(1)[0])
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, server_round: int) -> list[int]:

@@ -30,6 +30,7 @@ from fedmia.defenses.private import PrivateDefense, StepPlan, noisy_sgd
 from fedmia.errors import FedmiaError
 from fedmia.privacy.accounting import allocate_layer_sigmas, effective_noise_multiplier
 from fedmia.privacy.gradients import ClipGroup, PerSampleGradients
+from fedmia.seeding import stream_generator
 
 SYNTHETIC_PROBES = 64
 
@@ -96,7 +97,7 @@ class LayeredAdaptiveDP(PrivateDefense):
 
     def train_private(self, model: nn.Module, gradients: PerSampleGradients, data: ClientData,
                       context: RoundContext, plan: StepPlan) -> dict[str, Any]:
-        probe_generator = torch.Generator(device=context.plan.device).manual_seed(context.seed + 1)
+        probe_generator = stream_generator(context.seed, "probes", context.plan.device)
         allocations: list[dict[str, Any]] = []
         groups: list[ClipGroup] = []
 

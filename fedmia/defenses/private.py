@@ -30,6 +30,7 @@ from fedmia.errors import FedmiaError
 from fedmia.privacy.accounting import ACCOUNTANTS, AccountantRecord, calibrate_noise_multiplier
 from fedmia.privacy.budget import PrivacySpent, default_delta
 from fedmia.privacy.gradients import ClipGroup, PerSampleGradients
+from fedmia.seeding import stream_generator
 from fedmia.training import TrainingPlan, as_tensors, make_optimizer
 
 NOT_RELEASED = float("nan")
@@ -69,14 +70,15 @@ def noisy_sgd(model: nn.Module, gradients: PerSampleGradients, data: ClientData,
     device = context.plan.device
     model.to(device).train()
     optimizer = make_optimizer(model, context.plan)
-    generator = torch.Generator(device=device).manual_seed(context.seed)
+    sampling = stream_generator(context.seed, "sampling", device)
+    noise = stream_generator(context.seed, "noise", device)
     images, labels = as_tensors(data.images, data.labels, device)
     expected_batch = plan.sample_rate * len(labels)
-    for step, batch in enumerate(poisson_batches(len(labels), plan.sample_rate, plan.steps, generator)):
+    for step, batch in enumerate(poisson_batches(len(labels), plan.sample_rate, plan.steps, sampling)):
         groups = groups_for_step(step)
         gradients.check_groups(groups)
         optimizer.zero_grad(set_to_none=True)
-        gradients.set_noisy_gradients(images[batch], labels[batch], groups, expected_batch, generator)
+        gradients.set_noisy_gradients(images[batch], labels[batch], groups, expected_batch, noise)
         optimizer.step()
 
 
