@@ -78,6 +78,8 @@ def _composed_epsilon(mechanisms: tuple[Mechanism, ...], delta: float, accountan
         # PRV sizes its discretization domain with an RDP bound over Opacus's default orders,
         # which warns when the best order is the largest; the PRV result does not depend on it.
         warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        # At q = 1 its privacy-loss transform takes log(1 - q) = -inf on purpose.
+        warnings.filterwarnings("ignore", message="divide by zero encountered in log", category=RuntimeWarning)
         coarse = float(tracker.get_epsilon(delta=delta, eps_error=PRV_ERROR))
         fine_error = PRV_RELATIVE_ERROR * coarse
         if fine_error >= PRV_ERROR:

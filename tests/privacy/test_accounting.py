@@ -6,8 +6,13 @@ import math
 
 import dp_accounting
 import pytest
+from hypothesis import given, settings
+from scipy.optimize import brentq
+from scipy.stats import norm
+from hypothesis import strategies as st
 
 from fedmia.errors import FedmiaError
+from fedmia.privacy.accounting import CALIBRATION_TOLERANCE
 from fedmia.privacy import (
     AccountantRecord,
     allocate_layer_sigmas,
@@ -95,3 +100,33 @@ def test_allocation_keeps_sigma_eff_and_the_ratios_asked_for():
 
 def test_default_delta_is_an_order_below_one_over_n():
     assert default_delta(36) == pytest.approx(1 / 360)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(target=st.floats(0.3, 10.0), q=st.floats(0.005, 0.3), steps=st.integers(1, 400),
+       delta=st.floats(1e-7, 1e-2))
+def test_calibrated_sigma_never_overshoots_by_fedmia_or_by_google(target, q, steps, delta):
+    sigma = calibrate_noise_multiplier(target, delta, q, steps)
+    ours = compute_epsilon([(sigma, q, steps)], delta)
+    assert (1 - CALIBRATION_TOLERANCE) * target <= ours <= target
+    assert google_epsilon(sigma, q, steps, delta, "rdp") <= target * 1.02
+
+
+def exact_gaussian_epsilon(mu: float, delta: float) -> float:
+    """The tight epsilon of a Gaussian mechanism with sensitivity/std ratio mu (Balle & Wang
+    2018): delta(eps) = Phi(mu/2 - eps/mu) - e^eps Phi(-mu/2 - eps/mu), solved for eps."""
+    def excess(eps):
+        return norm.cdf(mu / 2 - eps / mu) - math.exp(eps) * norm.cdf(-mu / 2 - eps / mu) - delta
+    return brentq(excess, 0.0, 100.0)
+
+
+@pytest.mark.parametrize("sigma, steps", [(2.0, 10), (5.0, 100), (1.0, 1)])
+def test_without_subsampling_both_accountants_bracket_the_closed_form(sigma, steps):
+    """q = 1: k Gaussian steps of multiplier sigma compose to one Gaussian with mu = sqrt(k)/sigma,
+    whose exact epsilon is known. RDP must never be below it; PRV must be close to it."""
+    delta = 1e-5
+    exact = exact_gaussian_epsilon(math.sqrt(steps) / sigma, delta)
+    rdp = compute_epsilon([(sigma, 1.0, steps)], delta, "rdp")
+    prv = compute_epsilon([(sigma, 1.0, steps)], delta, "prv")
+    assert exact <= rdp <= 1.35 * exact
+    assert prv >= exact * (1 - 1e-3) and prv == pytest.approx(exact, rel=0.02)
