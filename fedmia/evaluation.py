@@ -3,12 +3,21 @@
 Scopes (PROTOCOL.md): `global` attacks the final global model (members = every client's data);
 `client:k` attacks client k's last upload (members = client k's data). Each scope is evaluated
 on a balanced set (equal members and non-members, subsampled with the run's seed), balanced per
-class so that the non-members share the members' label distribution.
+class so that the non-members share the members' label distribution. That set is cut into two
+seeded halves, balanced per class: the attack and threshold of the scope's measured epsilon
+bound are chosen on the selection half, and the bound is computed on the other
+(docs/PROTOCOL.md).
+
+Utility of each target is measured here too, by the adversary's evaluator that holds the split:
+accuracy on the target's own members (after training, unlike the running accuracy a client sees
+during its round) and on the test pool, and their difference, the generalization gap.
 
 Calibration uses only the adversary's knowledge: its population pool, split into shadow
 members and shadow non-members, and shadow models it trains itself the way the target was
 trained. For `client:k` the server also knows the global model client k started from, so its
-shadow is that model fine-tuned on a client-sized slice of the population.
+shadow is that model fine-tuned on a client-sized slice of the population (the rest of the
+population are its non-members); for `global` the shadow is trained from scratch on half of the
+population.
 """
 
 from __future__ import annotations
@@ -24,7 +33,14 @@ from torch import nn
 
 from fedmia.attacks import AdversaryKnowledge, ShadowObservation, TargetModel, make_attack
 from fedmia.errors import FedmiaError
-from fedmia.metrics import AttackMetrics, membership_metrics
+from fedmia.metrics import (
+    BOUND_HALF,
+    SELECTION_HALF,
+    AttackMetrics,
+    HeldOutBound,
+    held_out_bound,
+    membership_metrics,
+)
 from fedmia.privacy import default_delta
 from fedmia.rundir import FINAL_GLOBAL_MODEL, RunDirectory, client_model_name, global_round_name
 from fedmia.run import PreparedRun, round_seed
@@ -39,13 +55,16 @@ def client_scope(client: int) -> str:
 
 @dataclass(frozen=True)
 class ScopeResult:
-    """All attacks on one scope. `strongest` is the attack with the highest AUC: the one whose
-    ROC gives the scope's measured epsilon lower bound."""
+    """All attacks on one scope. `strongest` is the attack with the highest AUC (on all
+    labels: a description, not a choice the bound depends on); `bound` is the held-out epsilon
+    lower bound, whose attack was chosen on the selection half only."""
 
     scope: str
-    model_accuracy: float
+    train_accuracy: float
+    test_accuracy: float
     attacks: dict[str, AttackMetrics]
     threshold_accuracy: dict[str, float]
+    bound: HeldOutBound
 
     @property
     def strongest(self) -> str:
@@ -54,9 +73,13 @@ class ScopeResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "scope": self.scope,
-            "test_accuracy": self.model_accuracy,
+            "train_accuracy": self.train_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "generalization_gap": self.train_accuracy - self.test_accuracy,
             "strongest_attack": self.strongest,
-            "eps_lower_bound": self.attacks[self.strongest].eps_lower_bound,
+            "eps_lower_bound": self.bound.eps_lower_bound,
+            "eps_bound": self.bound.to_dict(),
+            "eps_lower_bound_optimistic": max(m.eps_lower_bound_optimistic for m in self.attacks.values()),
             "attacks": {name: {**m.to_dict(), "threshold_accuracy": self.threshold_accuracy[name]}
                         for name, m in self.attacks.items()},
         }
@@ -85,6 +108,28 @@ def balanced_eval_set(members: np.ndarray, nonmember_pool: np.ndarray, labels: n
     return indices, membership
 
 
+def split_halves(classes: np.ndarray, membership: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """SELECTION_HALF or BOUND_HALF per sample of a per-class balanced evaluation set.
+
+    Within each class, members and non-members are shuffled and paired; pairs go to the two
+    halves in turn, the alternation running on across classes. So each half keeps one
+    non-member per member of every class (the label skew stays uninformative), the halves
+    differ by at most one pair, and every class by at most one pair."""
+    halves = np.empty(len(membership), dtype=np.int8)
+    turn = 0
+    for label in np.unique(classes):
+        in_class = classes == label
+        members = rng.permutation(np.flatnonzero(in_class & (membership == 1)))
+        nonmembers = rng.permutation(np.flatnonzero(in_class & (membership == 0)))
+        if len(members) != len(nonmembers):
+            raise ValueError(f"class {label} has {len(members)} members but {len(nonmembers)} "
+                             "non-members; the evaluation set must be balanced per class")
+        sides = np.where((turn + np.arange(len(members))) % 2 == 0, SELECTION_HALF, BOUND_HALF)
+        halves[members], halves[nonmembers] = sides, sides
+        turn += len(members)
+    return halves
+
+
 def _shadow_observation(run: PreparedRun, model: nn.Module, shadow_in: np.ndarray,
                         shadow_out: np.ndarray) -> ShadowObservation:
     indices = np.concatenate([shadow_in, shadow_out])
@@ -106,21 +151,33 @@ def train_shadow(run: PreparedRun, start: nn.Module, size: int, epochs: int, see
 
 def attack_scope(run: PreparedRun, scope: str, target: nn.Module, knowledge: AdversaryKnowledge,
                  members: np.ndarray, delta: float, seed: int) -> ScopeResult:
-    """Fit every configured attack on `knowledge`, score the balanced set, save the scores."""
-    indices, labels = balanced_eval_set(members, run.split.nonmembers, run.dataset.labels,
-                                        np.random.default_rng(seed))
+    """Fit every configured attack on `knowledge`, score the balanced set, save the scores,
+    bound epsilon on the held-out half, and measure the target's train and test accuracy."""
+    rng = np.random.default_rng(seed)
+    indices, labels = balanced_eval_set(members, run.split.nonmembers, run.dataset.labels, rng)
     images, targets = run.images(indices), run.labels(indices)
+    halves = split_halves(targets, labels, rng)
     access = TargetModel(target, run.config.device)
-    metrics, decisions = {}, {}
+    metrics, decisions, all_scores = {}, {}, {}
     for name in run.config.attacks:
         attack = make_attack(name).fit(knowledge)
-        scores = attack.score(access, images, targets)
-        run.rundir.save_scores(scope, name, scores, labels, indices)
+        scores = all_scores[name] = attack.score(access, images, targets)
+        run.rundir.save_scores(scope, name, scores, labels, indices, halves)
         metrics[name] = membership_metrics(scores, labels, delta)
         decisions[name] = float((attack.decide(scores) == labels.astype(bool)).mean())
-    test_accuracy = accuracy(target, run.images(run.split.test), run.labels(run.split.test),
-                             run.config.device)
-    return ScopeResult(scope, test_accuracy, metrics, decisions)
+    device = run.config.device
+    train_accuracy = accuracy(target, run.images(members), run.labels(members), device)
+    test_accuracy = accuracy(target, run.images(run.split.test), run.labels(run.split.test), device)
+    return ScopeResult(scope, train_accuracy, test_accuracy, metrics, decisions,
+                       held_out_bound(all_scores, labels, halves, delta))
+
+
+def saved_held_out_bound(rundir: RunDirectory, scope: str, attacks: list[str], delta: float) -> HeldOutBound:
+    """The held-out bound of a scope again, from its saved scores, labels and halves alone."""
+    saved = {name: rundir.load_scores(scope, name) for name in attacks}
+    first = saved[attacks[0]]
+    return held_out_bound({name: data["scores"] for name, data in saved.items()}, first["labels"],
+                          first["halves"], delta)
 
 
 def attack_global(run: PreparedRun) -> ScopeResult:
@@ -168,8 +225,7 @@ def client_row(run: PreparedRun, client: int, report: dict[str, Any] | None,
                            "n_train": int(len(run.split.clients[client]))}
     if report is None:
         return {**row, "trained": False}
-    return {**row, "trained": True, "last_round": report["round"],
-            "train_accuracy": report["train_accuracy"], "privacy": report.get("privacy"),
+    return {**row, "trained": True, "last_round": report["round"], "privacy": report.get("privacy"),
             "stopped": bool(report.get("stopped_later")), **(scope.to_dict() if scope else {})}
 
 

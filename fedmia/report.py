@@ -5,6 +5,8 @@ results.json is written first, so a failure while drawing loses no number.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +15,18 @@ from fedmia.metrics import roc
 from fedmia.run import PreparedRun
 from fedmia.timing import RunTimer
 
-EPS_NOTE = ("Measured epsilon is an audit-style lower bound from one run's attack (Clopper-Pearson "
-            "95%, PROTOCOL.md); it is not a guarantee, and a lower bound above a formal epsilon "
-            "would mean a bug in the accounting or the defense.")
+PROTOCOL = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+
+EPS_NOTE = ("Measured epsilon (**held-out**) is an audit-style lower bound from one run's attack, "
+            "at 95% confidence (Clopper-Pearson): each scope's balanced evaluation set is cut into "
+            "two seeded halves, balanced per class; every attack picks its threshold on the "
+            "selection half, the attack with the largest bound there is kept, and the bound is "
+            "computed at that single threshold on the other half, whose labels took no part in the "
+            "choice. It is not a guarantee; a held-out bound above a formal epsilon would mean a "
+            "bug in the accounting or the defense (or the 5% chance of a wrong bound). The "
+            "**optimistic** figures are the largest bound over every attack and threshold on all "
+            "labels: the choice is made on the labels the bound is computed from, so their 95% is "
+            "nominal and they overstate the evidence; they are shown only for comparison.")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -44,14 +55,33 @@ def run_summary(run: PreparedRun) -> dict[str, Any]:
     }
 
 
+def protocol_link(out: str) -> str:
+    """The protocol document, linked relative to the run directory when the repository has it."""
+    if PROTOCOL.exists():
+        return f"[docs/PROTOCOL.md]({Path(os.path.relpath(PROTOCOL, Path(out).resolve())).as_posix()})"
+    return "docs/PROTOCOL.md in the fedmia repository"
+
+
+def held_out_line(scope: dict[str, Any]) -> str:
+    """The held-out bound with what it rests on: attack, threshold, the bound half's counts."""
+    bound = scope["eps_bound"]
+    return (f"Measured epsilon lower bound (held-out, 95%): **{_fmt(bound['eps_lower_bound'], 2)}**: "
+            f"attack `{bound['attack']}` at threshold {bound['threshold']:.6g}, chosen on the "
+            f"selection half (bound there {_fmt(bound['selection_bound'], 2)}); on the bound half "
+            f"{bound['false_positives']} false positives of {bound['n_nonmembers']} non-members, "
+            f"{bound['false_negatives']} false negatives of {bound['n_members']} members, delta "
+            f"{bound['delta']:.1e}. Optimistic figure (max over attacks and thresholds on all "
+            f"labels): {_fmt(scope['eps_lower_bound_optimistic'], 2)}.")
+
+
 def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["| attack | AUC | balanced acc | advantage | TPR@1%FPR | TPR@0.1%FPR | eps lower bound "
+    lines = ["| attack | AUC | balanced acc | advantage | TPR@1%FPR | TPR@0.1%FPR | optimistic eps lb "
              "| acc at adversary's threshold | members / non-members |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, m in attacks.items():
         lines.append(f"| {name} | {_fmt(m['auc'])} | {_fmt(m['balanced_accuracy'])} | "
                      f"{_fmt(m['advantage'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
-                     f"{_fmt(m['tpr_at_01pct_fpr'])} | {_fmt(m['eps_lower_bound'], 2)} | "
+                     f"{_fmt(m['tpr_at_01pct_fpr'])} | {_fmt(m['eps_lower_bound_optimistic'], 2)} | "
                      f"{_fmt(m['threshold_accuracy'])} | {m['n_members']} / {m['n_nonmembers']} |")
     return lines
 
@@ -65,33 +95,54 @@ def formal_cells(privacy: dict[str, Any] | None) -> str:
 
 
 def client_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| client | defense | n train | train acc | test acc | formal eps | delta | sigma | q | steps "
-             "| measured eps lb | strongest attack | AUC | TPR@1%FPR | TPR@0.1%FPR | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| client | defense | n train | train acc | test acc | gap | formal eps | delta | sigma | q "
+             "| steps | measured eps lb (held-out) | optimistic eps lb | strongest attack | AUC "
+             "| TPR@1%FPR | TPR@0.1%FPR | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if not row["trained"]:
-            lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | n/a | n/a | "
-                         "n/a | - | - | - | - | n/a | n/a | n/a | n/a | n/a | never uploaded a model |")
+            lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | n/a | n/a | n/a | "
+                         "n/a | - | - | - | - | n/a | n/a | n/a | n/a | n/a | n/a | never uploaded a model |")
             continue
         best = row["attacks"][row["strongest_attack"]]
         note = "stopped: budget spent" if row.get("stopped") else ""
         lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | "
                      f"{_fmt(row['train_accuracy'])} | {_fmt(row['test_accuracy'])} | "
-                     f"{formal_cells(row.get('privacy'))} | {_fmt(row['eps_lower_bound'], 2)} | "
+                     f"{_fmt(row['generalization_gap'])} | {formal_cells(row.get('privacy'))} | "
+                     f"{_fmt(row['eps_lower_bound'], 2)} ({row['eps_bound']['attack']}) | "
+                     f"{_fmt(row['eps_lower_bound_optimistic'], 2)} | "
                      f"{row['strongest_attack']} | {_fmt(best['auc'])} | "
                      f"{_fmt(best['tpr_at_1pct_fpr'])} | {_fmt(best['tpr_at_01pct_fpr'])} | {note} |")
     return lines
 
 
-def client_level_section(dp: dict[str, Any] | None) -> list[str]:
-    """Client-level DP (Flower's wrappers): the guarantee for a whole client's participation."""
+CLIENT_LEVEL_SCOPE = (
+    "What this epsilon protects: a whole client's participation, against everyone who sees only "
+    "what the server releases after adding noise: the other participants (the global models "
+    "they receive) and whoever gets the final model. It does not protect against the server "
+    "adversary whose attacks fill the rest of this report: the server sees every upload before "
+    "it adds noise{clipping}, so the per-client leakage above is measured on un-noised models "
+    "and this epsilon does not bound it.")
+DELTA_RULE = ("Delta is 1 / (10 K) for K = {clients} clients: the unit protected is a client, so "
+              "fedmia's default rule 1 / (10 n) is applied with n the number of clients, which keeps "
+              "delta below 1 / K.")
+
+
+def client_level_section(dp: dict[str, Any] | None, clients: int) -> list[str]:
+    """Client-level DP (Flower's wrappers): the guarantee for a whole client's participation,
+    and whom it holds against."""
     if not dp:
         return []
     guarantee = (f"epsilon {_fmt(dp['epsilon'], 2)} at delta {dp['delta']:.1e} ({dp['accountant']}, "
                  f"{dp['releases']} releases)" if dp["epsilon"] is not None else dp["note"])
-    return ["## Client-level DP on the server", "",
-            f"Mode `{dp['mode']}`, noise multiplier {dp['noise_multiplier']}, clipping norm "
-            f"{dp['clipping_norm']}: {guarantee}.", ""]
+    server_clips = dp["mode"].startswith("server-")
+    clipping = " and, with server-side clipping, before it clips them" if server_clips else ""
+    lines = ["## Client-level DP on the server", "",
+             f"Mode `{dp['mode']}`, noise multiplier {dp['noise_multiplier']}, clipping norm "
+             f"{dp['clipping_norm']}: {guarantee}.", "", CLIENT_LEVEL_SCOPE.format(clipping=clipping)]
+    if dp["epsilon"] is not None:
+        lines += ["", DELTA_RULE.format(clients=clients)]
+    return lines + [""]
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -100,21 +151,27 @@ def render_report(results: dict[str, Any]) -> str:
         f"# fedmia report: {run['out']}", "",
         f"{run['clients']} clients, {run['rounds']} rounds, dataset `{run['dataset']}`, model "
         f"`{run['model']}`, partition `{run['partition']}`, fraction {run['fraction']}, seed {run['seed']}.",
+        "", f"Definitions and procedures: {protocol_link(run['out'])}.",
         "", "## Utility", "",
         f"Final global test accuracy: **{_fmt(run['final_test_accuracy'])}**. Per round (0 = initial): "
         + ", ".join(_fmt(a) for a in run["round_test_accuracy"]) + ".",
+        f"Final global model on all clients' training data: train accuracy {_fmt(glob['train_accuracy'])}, "
+        f"generalization gap (train - test) {_fmt(glob['generalization_gap'])}.",
         "", "## Leakage of the final global model (scope `global`)", "",
         "Adversary: the server (honest-but-curious), or anyone querying the final model. Members: "
         "the union of all clients' data; non-members: the held-out pool.", "",
+        held_out_line(glob), "",
         *attack_table(glob["attacks"]),
         "", "## Leakage per client (scope `client:k`, each client's last upload)", "",
         "Adversary: the server, which sees every upload. Each client is attacked on its n train "
-        "members and as many held-out non-members. TPR at 1% (0.1%) FPR needs at least 100 "
-        "(1,000) non-members, hence n/a for small clients. Train acc: the client's last local "
-        "round; test acc: its last upload on the test pool.", "",
+        "members and as many held-out non-members (per class, as far as the pool allows). TPR at "
+        "1% (0.1%) FPR needs at least 100 (1,000) non-members, hence n/a for small clients. "
+        "Train acc: the client's last upload on its own training data, evaluated after training; "
+        "test acc: that upload on the test pool; gap: train minus test. The held-out bound names "
+        "the attack chosen on the selection half.", "",
         *client_table(results["clients"]),
         "", EPS_NOTE, "",
-        *client_level_section(results.get("client_level_dp")),
+        *client_level_section(results.get("client_level_dp"), run["clients"]),
         "![log-scale ROC](roc.png)", "", "![privacy per client](privacy.png)", "",
         "## Time", "",
         "| phase | seconds |", "|---|---|",
@@ -124,9 +181,11 @@ def render_report(results: dict[str, Any]) -> str:
         lines += ["", "## Problems during training", "",
                   *[f"- round {p['round']}, client {p['client']}: {p['reason']}" for p in run["problems"]]]
     lines += ["", "## Re-checking", "",
-              "Every number above comes from `scores/<scope>__<attack>.npz` (scores, labels with "
-              "1 = member, dataset indices) through `fedmia.metrics.membership_metrics`; the "
-              "split is in `manifest.json`, the models in `models/`."]
+              "Every attack number above comes from `scores/<scope>__<attack>.npz` (scores, labels "
+              "with 1 = member, dataset indices, halves with 0 = selection and 1 = bound half) "
+              "through `fedmia.metrics.membership_metrics` and `held_out_bound`; "
+              "`python -m fedmia check` recomputes them. The split is in `manifest.json`, the "
+              "models in `models/`."]
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +238,7 @@ def plot_privacy(run: PreparedRun, results: dict[str, Any]) -> None:
     for bar, no_dp in zip(bars, undefended):
         bar.set_hatch("//" if no_dp else "")
         bar.set_alpha(0.35 if no_dp else 1.0)
-    top.bar(x + 0.2, measured, 0.4, label="measured epsilon lower bound (95%)", color="C3")
+    top.bar(x + 0.2, measured, 0.4, label="measured epsilon lower bound (95%, held-out half)", color="C3")
     top.set(ylabel="epsilon", ylim=(0, ceiling), title="privacy per client: formal vs measured")
     top.legend(fontsize=8)
     bottom.bar(x - 0.2, [r["test_accuracy"] for r in rows], 0.4, color="C0", label="test accuracy of upload")

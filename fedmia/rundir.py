@@ -6,7 +6,8 @@
       metrics.jsonl               one line per finished round, appended as it finishes
       models/global_round_NNN.safetensors, models/global_final.safetensors
       models/client_KKK.safetensors   each client's last upload, as the server saw it
-      scores/<scope>__<attack>.npz    per-sample scores, labels (1 = member), dataset indices
+      scores/<scope>__<attack>.npz    per-sample scores, labels (1 = member), dataset indices,
+                                      halves (0 = selection, 1 = bound half)
       results.json                global and per-client tables
       report.md, roc.png, privacy.png
 """
@@ -97,9 +98,11 @@ class RunDirectory:
         return self.path / "scores" / f"{scope.replace(':', '-')}__{attack}.npz"
 
     def save_scores(self, scope: str, attack: str, scores: np.ndarray, labels: np.ndarray,
-                    indices: np.ndarray) -> Path:
+                    indices: np.ndarray, halves: np.ndarray) -> Path:
+        """`halves`: 0 = selection half, 1 = bound half of the held-out epsilon bound."""
         target = self.scores_path(scope, attack)
-        np.savez_compressed(target, scores=scores, labels=labels.astype(np.int8), indices=indices)
+        np.savez_compressed(target, scores=scores, labels=labels.astype(np.int8), indices=indices,
+                            halves=halves.astype(np.int8))
         return target
 
     def load_scores(self, scope: str, attack: str) -> dict[str, np.ndarray]:

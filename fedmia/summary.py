@@ -50,8 +50,22 @@ def _scopes(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return scopes
 
 
+def _same(fresh: Any, stored: Any) -> bool:
+    if isinstance(fresh, (int, float)) and isinstance(stored, (int, float)):
+        return math.isclose(fresh, stored, rel_tol=1e-9, abs_tol=1e-12)
+    return fresh == stored
+
+
+def _differences(where: str, fresh: dict[str, Any], reported: dict[str, Any]) -> list[str]:
+    return [f"{where} {key}: saved {reported.get(key)}, recomputed {value}"
+            for key, value in fresh.items() if not _same(value, reported.get(key))]
+
+
 def check_run(path: Path) -> list[str]:
-    """Recompute every attack metric from scores/*.npz; the list of numbers that differ."""
+    """Recompute every attack metric and each scope's held-out epsilon bound from
+    scores/*.npz; the list of numbers that differ."""
+    from fedmia.evaluation import saved_held_out_bound
+
     rundir = RunDirectory(path)
     if not (rundir.path / "results.json").exists():
         raise FedmiaError(f"{path} has no results.json; pass a finished run directory")
@@ -60,10 +74,7 @@ def check_run(path: Path) -> list[str]:
         for attack, reported in table["attacks"].items():
             data = rundir.load_scores(scope, attack)
             fresh = membership_metrics(data["scores"], data["labels"], reported["delta"]).to_dict()
-            for key, value in fresh.items():
-                stored = reported[key]
-                same = (value is None and stored is None) or (
-                    value is not None and stored is not None and math.isclose(value, stored, rel_tol=1e-9, abs_tol=1e-12))
-                if not same:
-                    mismatches.append(f"{scope} {attack} {key}: saved {stored}, recomputed {value}")
+            mismatches += _differences(f"{scope} {attack}", fresh, reported)
+        bound = saved_held_out_bound(rundir, scope, list(table["attacks"]), table["eps_bound"]["delta"])
+        mismatches += _differences(f"{scope} held-out bound", bound.to_dict(), table["eps_bound"])
     return mismatches

@@ -1,8 +1,10 @@
-"""The evaluation set of a scope: balanced, and balanced per class."""
+"""The evaluation set of a scope: balanced, and balanced per class, cut into two halves."""
 
 import numpy as np
+import pytest
 
-from fedmia.evaluation import balanced_eval_set
+from fedmia.evaluation import balanced_eval_set, split_halves
+from fedmia.metrics import BOUND_HALF, SELECTION_HALF
 
 
 def test_non_members_follow_the_members_label_distribution():
@@ -23,3 +25,23 @@ def test_same_seed_same_set():
     again = balanced_eval_set(members, pool, labels, np.random.default_rng(3))
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert first[1].sum() == (1 - first[1]).sum() == 50
+
+
+def test_halves_are_balanced_per_class_and_differ_by_at_most_one_pair():
+    classes = np.repeat([0, 1, 2], [6, 10, 2])            # members per class: 3, 5, 1 (and as many non-members)
+    membership = np.concatenate([np.r_[np.ones(n), np.zeros(n)] for n in (3, 5, 1)]).astype(int)
+    halves = split_halves(classes, membership, np.random.default_rng(0))
+    for side in (SELECTION_HALF, BOUND_HALF):
+        chosen = halves == side
+        for label in (0, 1, 2):
+            in_class = chosen & (classes == label)
+            assert membership[in_class].sum() == (1 - membership[in_class]).sum()
+    sizes = [(halves == side).sum() // 2 for side in (SELECTION_HALF, BOUND_HALF)]
+    assert sorted(sizes) == [4, 5]
+    assert np.array_equal(halves, split_halves(classes, membership, np.random.default_rng(0)))
+    assert not np.array_equal(halves, split_halves(classes, membership, np.random.default_rng(1)))
+
+
+def test_halves_need_a_set_balanced_per_class():
+    with pytest.raises(ValueError, match="balanced per class"):
+        split_halves(np.array([0, 0, 0]), np.array([1, 1, 0]), np.random.default_rng(0))

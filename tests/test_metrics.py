@@ -7,8 +7,11 @@ import pytest
 from scipy.stats import binomtest
 
 from fedmia.metrics import (
+    BOUND_HALF,
+    SELECTION_HALF,
     clopper_pearson_upper,
     epsilon_lower_bound,
+    held_out_bound,
     membership_metrics,
     roc,
     tpr_at_fpr,
@@ -133,9 +136,9 @@ def test_no_evidence_when_members_and_non_members_share_their_scores():
     """TPR = FPR at every threshold, so FPR_u + FNR_u >= 1 and no term is positive."""
     scores = np.random.default_rng(0).random(500)
     metrics = membership_metrics(np.r_[scores, scores], np.r_[np.ones(500), np.zeros(500)], DELTA)
-    assert metrics.eps_lower_bound == 0.0 and metrics.auc == 0.5 and metrics.advantage == 0.0
+    assert metrics.eps_lower_bound_optimistic == 0.0 and metrics.auc == 0.5 and metrics.advantage == 0.0
     constant = membership_metrics(np.zeros(200), np.r_[np.ones(100), np.zeros(100)], DELTA)
-    assert constant.eps_lower_bound == 0.0 and constant.auc == 0.5
+    assert constant.eps_lower_bound_optimistic == 0.0 and constant.auc == 0.5
 
 
 def test_random_scores_give_no_meaningful_evidence_of_leakage():
@@ -144,8 +147,79 @@ def test_random_scores_give_no_meaningful_evidence_of_leakage():
     for seed in range(10):
         metrics = membership_metrics(np.random.default_rng(seed).random(1000), labels, DELTA)
         assert abs(metrics.auc - 0.5) < 0.05
-        bounds.append(metrics.eps_lower_bound)
+        bounds.append(metrics.eps_lower_bound_optimistic)
     assert max(bounds) < 0.2 and sorted(bounds)[5] == 0.0
+
+
+def by_hand_bound(false_positives: int, n_nonmembers: int, false_negatives: int, n_members: int) -> float:
+    fpr_u, fnr_u = exact_upper(false_positives, n_nonmembers), exact_upper(false_negatives, n_members)
+    terms = [math.log(num / den) for num, den in ((1 - DELTA - fpr_u, fnr_u), (1 - DELTA - fnr_u, fpr_u))
+             if num > 0]
+    return max([0.0, *terms])
+
+
+def held_out_case() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """200 members and 200 non-members per half. Attack `sharp` separates the selection half
+    perfectly at score 1 (members 1.0 .. 1.99, non-members 0.0 .. 0.99); on the bound half 20
+    non-members score 1.5 and 30 members score 0.5, so at threshold 1: 20 false positives and
+    30 false negatives. Attack `dull` scores every sample by chance."""
+    n = 200
+    selection_scores = np.r_[1 + np.arange(n) / n, np.arange(n) / n]
+    bound_members = np.r_[np.full(n - 30, 1.7), np.full(30, 0.5)]
+    bound_nonmembers = np.r_[np.full(20, 1.5), np.full(n - 20, 0.2)]
+    sharp = np.r_[selection_scores, bound_members, bound_nonmembers]
+    labels = np.r_[np.ones(n), np.zeros(n), np.ones(n), np.zeros(n)].astype(int)
+    halves = np.r_[np.full(2 * n, SELECTION_HALF), np.full(2 * n, BOUND_HALF)]
+    dull = np.random.default_rng(5).random(4 * n)
+    return {"dull": dull, "sharp": sharp}, labels, halves
+
+
+def test_held_out_bound_is_the_formula_at_one_threshold_on_the_bound_half():
+    scores, labels, halves = held_out_case()
+    bound = held_out_bound(scores, labels, halves, DELTA)
+    assert (bound.attack, bound.threshold) == ("sharp", 1.0)
+    assert (bound.n_members, bound.n_nonmembers, bound.false_positives, bound.false_negatives) == (200, 200, 20, 30)
+    assert bound.eps_lower_bound == pytest.approx(by_hand_bound(20, 200, 30, 200))
+    assert bound.selection_bound == pytest.approx(by_hand_bound(0, 200, 0, 200))
+    # The optimistic figure on all labels sweeps thresholds on the bound half too, so it is larger.
+    optimistic = membership_metrics(scores["sharp"], labels, DELTA).eps_lower_bound_optimistic
+    assert optimistic > bound.eps_lower_bound + 0.5
+
+
+def test_held_out_choice_never_reads_the_bound_half_labels():
+    scores, labels, halves = held_out_case()
+    first = held_out_bound(scores, labels, halves, DELTA)
+    shuffled = labels.copy()
+    bound_part = np.flatnonzero(halves == BOUND_HALF)
+    shuffled[bound_part] = np.random.default_rng(0).permutation(labels[bound_part])
+    again = held_out_bound(scores, shuffled, halves, DELTA)
+    assert (again.attack, again.threshold, again.selection_bound) == (first.attack, first.threshold,
+                                                                       first.selection_bound)
+    assert again.eps_lower_bound < first.eps_lower_bound
+
+
+def test_held_out_bound_keeps_its_confidence_where_the_optimistic_figure_does_not():
+    """No leakage at all (five attacks scoring at random, true epsilon 0): a positive bound is a
+    false claim. Choosing attack and threshold on the same labels makes such claims far more
+    often than 5%; the held-out bound must stay within its 5%."""
+    n, trials = 100, 100
+    labels = np.r_[np.ones(n), np.zeros(n)].astype(int)
+    halves = np.tile([SELECTION_HALF, BOUND_HALF], n)
+    held_out_claims = optimistic_claims = 0
+    for trial in range(trials):
+        rng = np.random.default_rng(trial)
+        scores = {f"attack{i}": rng.random(2 * n) for i in range(5)}
+        held_out_claims += held_out_bound(scores, labels, halves, DELTA).eps_lower_bound > 0
+        optimistic_claims += max(membership_metrics(s, labels, DELTA).eps_lower_bound_optimistic
+                                 for s in scores.values()) > 0
+    assert optimistic_claims / trials > 0.10
+    assert held_out_claims / trials <= 0.05
+
+
+def test_held_out_bound_is_zero_when_the_bound_half_lacks_a_class_of_sample():
+    scores = {"loss": np.array([0.9, 0.1, 0.8, 0.7])}
+    bound = held_out_bound(scores, np.array([1, 0, 1, 1]), np.array([0, 0, 1, 1]), DELTA)
+    assert bound.eps_lower_bound == 0.0 and (bound.n_members, bound.n_nonmembers) == (2, 0)
 
 
 @pytest.mark.parametrize("scores, labels", [([0.1, 0.2], [1, 1]), ([0.1], [1, 0]),
