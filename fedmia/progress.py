@@ -1,23 +1,29 @@
-"""Progress display: round, elapsed time, ETA and test accuracy, then the attack phase.
+"""Progress display: one bar for the training rounds, one for the attack phase.
 
-Replaces Ray's and Flower's log output on the terminal (`-v` brings their logs back).
+Replaces Ray's and Flower's log output on the terminal (`-v` brings their logs back). A run
+attacks one scope per client, so the attack phase is a single bar with scope counts and ETA,
+never a line per scope: on a terminal the bars redraw in place; elsewhere (a log file, a
+pipe) a round prints one line and the attack phase at most `ATTACK_LINES` lines.
 """
 
 from __future__ import annotations
 
-import sys
+import time
 from typing import Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress as RichProgress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fedmia.recorder import RoundSummary
+
+ATTACK_LINES = 10
 
 
 class Progress(Protocol):
     def on_round(self, summary: RoundSummary) -> None: ...
-    def on_phase(self, phase: str) -> None: ...
+    def on_attacks(self, total_scopes: int) -> None: ...
     def on_scope(self, scope: str) -> None: ...
+    def on_attacks_done(self) -> None: ...
 
 
 class SilentProgress:
@@ -26,31 +32,37 @@ class SilentProgress:
     def on_round(self, summary: RoundSummary) -> None:
         pass
 
-    def on_phase(self, phase: str) -> None:
+    def on_attacks(self, total_scopes: int) -> None:
         pass
 
     def on_scope(self, scope: str) -> None:
         pass
 
+    def on_attacks_done(self) -> None:
+        pass
+
 
 class TerminalProgress:
-    """A live bar over rounds, then over attacked scopes; one line per event when not a TTY."""
+    """A live bar over rounds, then one over attacked scopes (counts, elapsed, ETA, the scope
+    being attacked); plain lines, few of them, when the console is not a terminal."""
 
-    def __init__(self, total_rounds: int, total_scopes: int, console: Console | None = None):
+    def __init__(self, total_rounds: int, console: Console | None = None):
         self.console = console or Console(stderr=True)
+        self.live = self.console.is_terminal
         self.bar = RichProgress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.description:<8}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"), console=self.console, transient=False,
-            disable=not self.console.is_terminal,
+            TextColumn("{task.fields[status]}"), console=self.console, disable=not self.live,
         )
         self.rounds = self.bar.add_task("training", total=total_rounds, status="")
-        self.scopes = self.bar.add_task("attacks", total=total_scopes, status="", visible=False)
+        self.scopes: TaskID | None = None
+        self.scopes_done = 0
+        self.attacks_started = 0.0
         self.bar.start()
 
     def _line(self, text: str) -> None:
-        if not self.console.is_terminal:
-            print(text, file=sys.stderr, flush=True)
+        if not self.live:
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def on_round(self, summary: RoundSummary) -> None:
         status = f"test acc {summary.test_accuracy:.3f}"
@@ -58,16 +70,37 @@ class TerminalProgress:
         self._line(f"round {summary.server_round}/{summary.total_rounds}  "
                    f"elapsed {summary.elapsed:.1f}s  {status}")
 
-    def on_phase(self, phase: str) -> None:
-        self.bar.update(self.scopes, visible=True)
-        self._line(f"{phase} ...")
+    def on_attacks(self, total_scopes: int) -> None:
+        self.scopes = self.bar.add_task("attacks", total=total_scopes, status="")
+        self.scopes_done = -1
+        self.attacks_started = time.perf_counter()
+        self._line(f"attacks: {total_scopes} scopes")
 
     def on_scope(self, scope: str) -> None:
-        task = self.bar.tasks[self.scopes]
-        self.bar.update(self.scopes, advance=1 if task.fields["status"] else 0, status=scope)
-        self._line(f"attacking {scope}")
+        """`scope` starts, so the one before it is done."""
+        self._advance(self.scopes_done + 1, f"attacking {scope}")
+
+    def on_attacks_done(self) -> None:
+        if self.scopes is not None:
+            self._advance(int(self.bar.tasks[self.scopes].total or 0), "done")
+
+    def _advance(self, done: int, status: str) -> None:
+        if self.scopes is None:
+            return
+        total = int(self.bar.tasks[self.scopes].total or 0)
+        previous, self.scopes_done = self.scopes_done, done
+        self.bar.update(self.scopes, completed=max(done, 0), status=status)
+        if done > 0 and self._milestone(previous, done, total):
+            elapsed = time.perf_counter() - self.attacks_started
+            eta = elapsed / done * (total - done)
+            self._line(f"attacks {done}/{total} scopes  elapsed {elapsed:.1f}s  ETA {eta:.0f}s")
+
+    @staticmethod
+    def _milestone(previous: int, done: int, total: int) -> bool:
+        """True when `done` crosses one of ATTACK_LINES evenly spaced marks (the last is `total`)."""
+        def mark(count: int) -> int:
+            return count * ATTACK_LINES // max(total, 1)
+        return mark(done) > mark(max(previous, 0))
 
     def close(self) -> None:
-        task = self.bar.tasks[self.scopes]
-        self.bar.update(self.scopes, completed=task.total)
         self.bar.stop()

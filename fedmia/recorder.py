@@ -55,14 +55,24 @@ def evaluate_on(model: nn.Module, images: np.ndarray, labels: np.ndarray, device
             "loss": float(nn.functional.cross_entropy(logits, targets))}
 
 
+def problem_order(problem: dict[str, Any]) -> tuple[bool, int, str]:
+    """Clients in id order, then problems of no known client: replies arrive in any order,
+    and a run must write the same file every time."""
+    return problem["client"] is None, problem["client"] or 0, problem["reason"]
+
+
 class RoundRecorder:
-    """Collects one round's uploads and reports; writes the round when it is finished."""
+    """Collects one round's uploads and reports; writes the round when it is finished.
+
+    `latest_global` is the last global model written: the run's final model even when the
+    last rounds had no usable update (every one rejected) and kept the model before them."""
 
     def __init__(self, run: PreparedRun, on_round: Callable[[RoundSummary], None] | None = None):
         self.run = run
         self.on_round = on_round
         self.started = time.perf_counter()
         self.reference = run.new_model().state_dict()
+        self.latest_global = self.reference
         self.test_images = run.images(run.split.test)
         self.test_labels = run.labels(run.split.test)
         self._reports: list[dict[str, Any]] = []
@@ -89,6 +99,7 @@ class RoundRecorder:
         model = self.run.model_from_state(global_state)
         test = evaluate_on(model, self.test_images, self.test_labels, self.run.config.device)
         self.run.rundir.save_model(global_round_name(server_round), global_state)
+        self.latest_global = global_state
         elapsed = time.perf_counter() - self.started
         record = {
             "round": server_round,
@@ -96,7 +107,7 @@ class RoundRecorder:
             "test_loss": test["loss"],
             "elapsed_s": elapsed,
             "clients": sorted(self._reports, key=lambda r: r["client"]),
-            "problems": self._problems,
+            "problems": sorted(self._problems, key=problem_order),
         }
         self.run.rundir.append_metrics(record)
         self._reports, self._problems = [], []

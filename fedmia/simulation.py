@@ -1,20 +1,40 @@
 """Simulation wiring: the fedmia apps on Flower's simulation runtime with Ray-backed clients.
 
 With `fedmia.cli`, the only core module that imports Flower. The run is prepared (data loaded
-and checked, split made, run directory written) before Ray starts, so bad input fails fast.
+and checked, split made, run directory written) and the machine's resources are checked before
+Ray starts, so bad input fails fast. Ctrl-C stops the run cleanly (see `Interruption`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
+import ray
+import torch
+from flwr.serverapp.strategy import FedAvg
+from flwr.simulation import run_simulation
+
+from clients.app import make_client_app
 from fedmia.config import RunConfig
+from fedmia.errors import FedmiaError
 from fedmia.progress import TerminalProgress
 from fedmia.run import prepare_run
 from fedmia.timing import RunTimer
+from strategies.server_app import ServerControl, make_server_app, wrap_client_dp
+
+INTERRUPTED_EXIT_CODE = 130
+WATCHDOG_DELAY_S = 0.5
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def quiet_logs(verbose: bool) -> None:
@@ -25,20 +45,105 @@ def quiet_logs(verbose: bool) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
 
-def start_ray(config: RunConfig, verbose: bool) -> None:
-    import ray
+def cuda_index(device: str) -> int:
+    """The GPU index of `cuda` or `cuda:N`."""
+    index = device.partition(":")[2] or "0"
+    if device.split(":")[0] != "cuda" or not index.isdigit():
+        raise FedmiaError(f"--device must be cpu or cuda[:N], got {device!r}")
+    return int(index)
 
-    if ray.is_initialized():
-        return
-    pythonpath = os.pathsep.join(p for p in sys.path if p)
+
+def check_resources(config: RunConfig, cpus: int, gpus: int) -> None:
+    """Ray waits forever for client actors whose resources no node has ("ActorPool is
+    empty"), and a CUDA device torch cannot see fails only inside the clients: refuse both
+    before Ray starts, on a machine with `cpus` CPUs and `gpus` GPUs."""
+    if config.client_cpus > cpus:
+        raise FedmiaError(f"--client-cpus {config.client_cpus:g} is more than this machine's "
+                          f"{cpus} CPUs; use at most --client-cpus {cpus}")
+    if config.client_gpus > gpus:
+        raise FedmiaError(f"--client-gpus {config.client_gpus:g} is more than this machine's "
+                          f"{gpus} GPUs" + ("; use --client-gpus 0" if gpus == 0 else
+                                            f"; use at most --client-gpus {gpus}"))
+    if config.device != "cpu" and cuda_index(config.device) >= gpus:
+        raise FedmiaError(f"--device {config.device} needs a CUDA GPU and torch sees "
+                          f"{gpus or 'none'}; use --device cpu"
+                          + (f" or cuda:0..cuda:{gpus - 1}" if gpus else ""))
+
+
+def start_ray(gpus: int, verbose: bool) -> None:
+    """Always a new local Ray instance (never one left over by an earlier run or started with
+    `ray start`). Workers find the project through PYTHONPATH in the environment they inherit,
+    not through a runtime environment, which Ray would have to build for every job."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     ray.init(
+        address="local",
         num_cpus=os.cpu_count(),
-        num_gpus=1 if config.device.startswith("cuda") else 0,
+        num_gpus=gpus,
         include_dashboard=False,
         log_to_driver=verbose,
         logging_level=logging.INFO if verbose else logging.ERROR,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
     )
+
+
+def _stat(pid: str) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, from /proc (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[1]), fields[19]) if fields[0] not in ("Z", "X") else None
+
+
+def descendant_processes() -> dict[int, str]:
+    """Every process below this one, pid -> start time (empty where there is no /proc)."""
+    parents: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        stat = _stat(entry.name)
+        if stat:
+            parents.setdefault(stat[0], []).append(int(entry.name))
+            started[int(entry.name)] = stat[1]
+    found, todo = {}, list(parents.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        found[pid] = started[pid]
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def adopt_orphans() -> None:
+    """Become the parent of this process's orphaned descendants (Linux's child subreaper):
+    Flower shuts Ray down itself, and Ray's workers outlive the raylet, their parent, by a
+    moment; adopted, they are still found (and waited for) by `stop_ray`."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap(pid: int) -> None:
+    """Collect an adopted child's exit status, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_ray(before_ray: dict[int, str], timeout_s: float = 3.0) -> None:
+    """Shut Ray down and wait until every process it started (the descendants not in
+    `before_ray`) has exited: its client workers only notice that the raylet is gone a moment
+    later, and none may outlive the run. One still there after `timeout_s` is killed (the start
+    time guards against a reused pid)."""
+    processes = {pid: start for pid, start in descendant_processes().items()
+                 if before_ray.get(pid) != start}
+    ray.shutdown()
+    deadline = time.monotonic() + timeout_s
+    alive = processes
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        for pid in alive:
+            reap(pid)
+        alive = {pid: start for pid, start in alive.items() if (_stat(str(pid)) or (0, ""))[1] == start}
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        reap(pid)
 
 
 def backend_config(config: RunConfig) -> dict[str, Any]:
@@ -46,36 +151,85 @@ def backend_config(config: RunConfig) -> dict[str, Any]:
     return {"client_resources": {"num_cpus": config.client_cpus, "num_gpus": config.client_gpus}}
 
 
+class Interruption:
+    """Ctrl-C in the driver: one line and exit code 130, instead of Flower's and Ray's error
+    flood and threads that keep the process alive.
+
+    Python runs the SIGINT handler in the main thread, where Flower's simulation runtime waits;
+    the runtime's clean-up then stops Ray while its worker threads wait for client replies, and
+    those threads log every lost reply or wait for ever. So the handler first silences logging,
+    then stops the ServerApp (`control.stop`) and raises KeyboardInterrupt; `settle` gives the
+    ServerApp thread `grace_s` to end and has a watchdog end the process if any other thread
+    would keep it alive. A second Ctrl-C is ignored: the stop is under way, bounded."""
+
+    def __init__(self, control: ServerControl, grace_s: float = 3.0) -> None:
+        self.control = control
+        self.grace_s = grace_s
+        self._previous: Any = None
+
+    def __enter__(self) -> Interruption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        if self.control.stop.is_set():
+            return
+        logging.disable(logging.CRITICAL)
+        self.control.stop.set()
+        raise KeyboardInterrupt
+
+    def settle(self) -> None:
+        """After a stop: wait up to `grace_s` for the ServerApp thread (it ends at its next wait
+        or scope; the files it writes stay whole). Flower's threads blocked on replies Ray will
+        never send would keep the interpreter from exiting, so a watchdog then ends the process
+        with exit code 130, WATCHDOG_DELAY_S after the caller has said why."""
+        if not self.control.stop.is_set():
+            return
+        if self.control.thread is not None:
+            self.control.thread.join(self.grace_s)
+        if busy_threads():
+            watchdog = threading.Timer(WATCHDOG_DELAY_S, os._exit, args=(INTERRUPTED_EXIT_CODE,))
+            watchdog.daemon = True
+            watchdog.start()
+
+
+def busy_threads() -> list[threading.Thread]:
+    """Threads other than this one that the interpreter waits for before it exits."""
+    return [t for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+
+
 def simulate(config: RunConfig, verbose: bool = False) -> dict[str, Any]:
     """Run the whole federation, its attacks and report; returns results.json's content."""
-    from flwr.simulation import run_simulation
-
-    from clients.app import make_client_app
-    from flwr.serverapp.strategy import FedAvg
-
-    from strategies.server_app import make_server_app, wrap_client_dp
-
-    import ray
-
     timer = RunTimer()
+    gpus = torch.cuda.device_count()
+    check_resources(config, os.cpu_count() or 1, gpus)
     wrap_client_dp(config, FedAvg())
     run = prepare_run(config)
     quiet_logs(verbose)
-    progress = TerminalProgress(config.rounds, 1 + config.clients)
-    try:
-        with timer.phase("ray_startup"):
-            start_ray(config, verbose)
-        run_simulation(
-            server_app=make_server_app(run, progress, timer),
-            client_app=make_client_app(str(run.rundir.path)),
-            num_supernodes=config.clients,
-            backend_config=backend_config(config),
-            verbose_logging=verbose,
-        )
-    except KeyboardInterrupt:
-        logging.disable(logging.CRITICAL)
-        raise
-    finally:
-        progress.close()
-        ray.shutdown()
+    progress = TerminalProgress(config.rounds)
+    control = ServerControl()
+    before_ray = descendant_processes()
+    adopt_orphans()
+    with Interruption(control) as interruption:
+        try:
+            with timer.phase("ray_startup"):
+                start_ray(gpus, verbose)
+            run_simulation(
+                server_app=make_server_app(run, progress, timer, control),
+                client_app=make_client_app(str(run.rundir.path)),
+                num_supernodes=config.clients,
+                backend_config=backend_config(config),
+                verbose_logging=verbose,
+            )
+        finally:
+            progress.close()
+            stop_ray(before_ray)
+            interruption.settle()
     return run.rundir.read_json("results.json")

@@ -7,9 +7,16 @@ bad input) and `flwr run .` (which prepares it here, from the run config in pypr
 from __future__ import annotations
 
 import random
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.run import Run
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -31,7 +38,7 @@ from clients.app import UNIT_WEIGHT_KEY
 from clients.dp_mod import CLIENT_DP_CONFIG_KEY
 from fedmia.config import RunConfig, resolve_config
 from fedmia.errors import FedmiaError
-from fedmia.evaluation import evaluate_privacy
+from fedmia.evaluation import evaluate_privacy, last_client_reports
 from fedmia.privacy import default_delta
 from fedmia.progress import Progress, SilentProgress
 from fedmia.recorder import RoundRecorder
@@ -40,6 +47,79 @@ from fedmia.rundir import FINAL_GLOBAL_MODEL
 from fedmia.run import PreparedRun, prepare_run
 from fedmia.timing import RunTimer
 from strategies.observed import ObservedStrategy
+
+
+class RunInterrupted(Exception):
+    """The driver asked the ServerApp to stop (Ctrl-C): ends its thread at the next safe point."""
+
+
+@dataclass
+class ServerControl:
+    """How a driver stops the ServerApp it runs in a thread: setting `stop` ends the run at its
+    next wait for clients, round or attacked scope; `thread` is the thread it runs in."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+
+class StoppableGrid(Grid):
+    """`grid`, except that waiting for replies ends with RunInterrupted once `stop` is set.
+
+    Flower's grids wait for every reply (up to an hour); after Ctrl-C the clients are gone, and
+    a ServerApp thread left waiting would keep the driver process alive."""
+
+    poll_interval_s = 0.1
+
+    def __init__(self, grid: Grid, stop: threading.Event) -> None:
+        self.grid = grid
+        self.stop = stop
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise RunInterrupted("stopped by the driver")
+
+    def set_run(self, run: Run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
+                       group_id: str, ttl: float | None = None) -> Message:
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self.check()
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.check()
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        waiting = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while waiting and (deadline is None or time.monotonic() < deadline):
+            arrived = list(self.pull_messages(waiting))
+            replies.extend(arrived)
+            waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+            if waiting:
+                self.stop.wait(self.poll_interval_s)
+        return replies
+
+
+def seed_global_generators(seed: int) -> None:
+    """Seed the process-wide generators that code outside fedmia draws from: Flower's
+    client-level DP wrappers add their noise with numpy's global generator."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def sampled_clients(config: RunConfig) -> int:
@@ -123,43 +203,56 @@ def check_federation_size(grid: Grid, config: RunConfig) -> None:
                           "(Flower configuration file) or pass clients to match")
 
 
-def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTimer) -> dict[str, Any]:
-    """Train, attack, report; `timer` gets each phase's seconds."""
+def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTimer,
+                stop: threading.Event | None = None) -> dict[str, Any]:
+    """Train, attack, report; `timer` gets each phase's seconds. Once `stop` is set the run
+    ends with RunInterrupted at the next wait for clients, round or attacked scope."""
     config = run.config
     check_federation_size(grid, config)
-    random.seed(config.seed)
+    seed_global_generators(config.seed)
+    stoppable = StoppableGrid(grid, stop or threading.Event())
     recorder = RoundRecorder(run, progress.on_round)
 
     def record_round(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        stoppable.check()
         record = recorder.finish_round(server_round, arrays.to_torch_state_dict())
         return MetricRecord({"test-accuracy": record["test_accuracy"], "test-loss": record["test_loss"]})
 
     strategy = build_strategy(config, recorder)
     with timer.phase("training"):
-        result = strategy.start(
-            grid=grid,
+        strategy.start(
+            grid=stoppable,
             initial_arrays=ArrayRecord(run.new_model().state_dict()),
             num_rounds=config.rounds,
             train_config=ConfigRecord({CLIENT_DP_CONFIG_KEY: config.client_dp}),
             evaluate_fn=record_round,
         )
-        run.rundir.save_model(FINAL_GLOBAL_MODEL, result.arrays.to_torch_state_dict())
-    progress.on_phase("attacks")
+        run.rundir.save_model(FINAL_GLOBAL_MODEL, recorder.latest_global)
+
+    def on_scope(scope: str) -> None:
+        stoppable.check()
+        progress.on_scope(scope)
+
+    progress.on_attacks(1 + len(last_client_reports(run)))
     with timer.phase("attacks"):
-        results = evaluate_privacy(run, progress.on_scope)
+        results = evaluate_privacy(run, on_scope)
+    progress.on_attacks_done()
     results["client_level_dp"] = client_level_privacy(strategy.inner, config)
     return write_outputs(run, results, timer)
 
 
 def make_server_app(prepared: PreparedRun | None = None, progress: Progress | None = None,
-                    timer: RunTimer | None = None) -> ServerApp:
-    """A ServerApp for an already prepared run, or one prepared from the Flower run config."""
+                    timer: RunTimer | None = None, control: ServerControl | None = None) -> ServerApp:
+    """A ServerApp for an already prepared run, or one prepared from the Flower run config;
+    `control` lets the driver stop it."""
     app = ServerApp()
+    control = control or ServerControl()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        control.thread = threading.current_thread()
         run = prepared or prepare_run(resolve_config(dict(context.run_config), {}))
-        execute_run(grid, run, progress or SilentProgress(), timer or RunTimer())
+        execute_run(grid, run, progress or SilentProgress(), timer or RunTimer(), control.stop)
 
     return app
 
