@@ -4,10 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from fedmia.cli import main
+from fedmia.data import load_dataset
+from fedmia.models import build_model
 from fedmia.summary import check_run
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +47,50 @@ def test_saved_scores_reproduce_results_auc(run_dir):
         results["global"]["attacks"]["loss"]["auc"], abs=1e-12)
     assert saved["labels"].sum() == (1 - saved["labels"]).sum()
     assert check_run(run_dir) == []
+
+
+def independent_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """Three attack signals from torch's own functions, not fedmia's attack code."""
+    probs = torch.softmax(logits, dim=1)
+    return {"loss": (-torch.nn.functional.cross_entropy(logits, labels, reduction="none")).numpy(),
+            "confidence": probs.max(dim=1).values.numpy(),
+            "correctness": (logits.argmax(dim=1) == labels).double().numpy()}
+
+
+def test_scores_recomputed_from_saved_models_and_manifest_indices(run_dir):
+    """Rebuild every target from models/ and the manifest, check that each score file's samples
+    are the manifest's members and non-members of that scope, score them again, compare."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    split, spec = manifest["split"], manifest["model"]
+    dataset = load_dataset(manifest["dataset"]["name"])
+    all_members = [i for part in split["clients"] for i in part]
+    targets = [("global", "global_final", all_members)]
+    targets += [(f"client:{k}", f"client_{k:03d}", part) for k, part in enumerate(split["clients"])]
+    for scope, model_name, members in targets:
+        model = build_model(spec["name"], tuple(spec["arguments"]["input_shape"]), spec["arguments"]["num_classes"],
+                            dp_compatible=spec["dp_compatible"], seed=manifest["seed"])
+        model.load_state_dict(load_file(str(run_dir / "models" / f"{model_name}.safetensors")))
+        model.eval()
+        for attack in ("loss", "confidence", "correctness"):
+            saved = np.load(run_dir / "scores" / f"{scope.replace(':', '-')}__{attack}.npz")
+            indices, membership = saved["indices"], saved["labels"]
+            assert set(indices[membership == 1]) <= set(members)
+            assert set(indices[membership == 0]) <= set(split["nonmembers"])
+            assert len(set(indices)) == len(indices) and membership.sum() == (1 - membership).sum()
+            with torch.no_grad():
+                logits = model(torch.as_tensor(dataset.images[indices])).double()
+            fresh = independent_scores(logits, torch.as_tensor(dataset.labels[indices]))[attack]
+            np.testing.assert_allclose(saved["scores"], fresh, rtol=1e-6, atol=1e-9, err_msg=f"{scope} {attack}")
+
+
+def test_utility_after_training_and_held_out_bound_are_reported(run_dir):
+    results = json.loads((run_dir / "results.json").read_text())
+    for scope in [results["global"], *results["clients"]]:
+        assert 0 <= scope["train_accuracy"] <= 1 and 0 <= scope["test_accuracy"] <= 1
+        assert scope["generalization_gap"] == pytest.approx(scope["train_accuracy"] - scope["test_accuracy"])
+        assert scope["eps_lower_bound"] == scope["eps_bound"]["eps_lower_bound"]
+        assert scope["eps_lower_bound_optimistic"] >= 0
+    assert "held-out" in (run_dir / "report.md").read_text()
 
 
 def test_results_have_global_and_per_client_tables_and_time_split(run_dir):
