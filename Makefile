@@ -15,7 +15,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m fedmia simulate --clients 20
+	$(BIN)/python -m fedmia simulate --clients 20 --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

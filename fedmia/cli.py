@@ -11,15 +11,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedmia.config import RunConfig, load_toml, resolve_config
+from fedmia.config import (MAX_BATCH_SIZE, MAX_CLIENTS, MAX_LOCAL_EPOCHS, MAX_ROUNDS, RunConfig,
+                           load_toml, parse_attacks, resolve_config)
 from fedmia.errors import FedmiaError
+from fedmia.rundir import RunDirectory
 
 USAGE_ERROR = 2
 
 # Per-client defense parameters accepted on the command line as comma lists.
 DEFENSE_PARAM_FLAGS = {
     "epsilon": "target epsilon per client for DP defenses; a comma list is spread over the "
-               "clients in order (1,4,8,inf: four equal blocks); inf = no DP for those clients",
+               "clients in order in equal blocks, so its length must divide --clients "
+               "(1,4,8,inf: four blocks); inf = no DP for those clients",
     "delta": "delta per client for DP defenses (default: 1/(10 n_k) for a client with n_k examples)",
     "max-grad-norm": "per-sample clipping norm C for DP defenses (default: 1.0)",
     "accountant": "privacy accountant for DP defenses: rdp (default) or prv",
@@ -42,19 +45,23 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     flag = parser.add_argument
     flag("--config", type=Path, help="TOML file with any of the keys below and [[client]] groups; "
                                      "flags override it")
-    flag("--clients", type=int, help=f"number of clients (default: {d['clients']})")
-    flag("--rounds", type=int, help=f"federated rounds (default: {d['rounds']})")
+    flag("--clients", type=int, help=f"number of clients, at most {MAX_CLIENTS} (default: {d['clients']})")
+    flag("--rounds", type=int, help=f"federated rounds, at most {MAX_ROUNDS} (default: {d['rounds']})")
     flag("--dataset", help=f"digits, fashion-mnist, mnist, cifar10, cifar100 (default: {d['dataset']})")
     flag("--model", help=f"cnn, resnet18, vgg11 (default: {d['model']})")
     flag("--partition", help=f"iid, dirichlet:ALPHA or classes:K (default: {d['partition']})")
-    flag("--local-epochs", type=int, help=f"local epochs per round (default: {d['local_epochs']})")
-    flag("--batch-size", type=int, help=f"local batch size (default: {d['batch_size']})")
+    flag("--local-epochs", type=int, help=f"local epochs per round, at most {MAX_LOCAL_EPOCHS} "
+                                          f"(default: {d['local_epochs']})")
+    flag("--batch-size", type=int, help=f"local batch size, at most {MAX_BATCH_SIZE} (default: {d['batch_size']})")
     flag("--lr", type=float, help=f"local SGD learning rate (default: {d['lr']})")
     flag("--fraction", type=float, help=f"fraction of clients per round (default: {d['fraction']})")
-    flag("--seed", type=int, help=f"seed for split, weights and training (default: {d['seed']})")
-    flag("--out", help="run directory (default: runs/<dataset>-<clients>c-<rounds>r-seed<seed>)")
-    flag("--data-dir", help="folder holding the dataset files (default: $FEDMIA_DATA, then the "
-                            "Debian dataset folder for fashion-mnist)")
+    flag("--seed", type=int, help=f"seed for split, weights and training, 0 to 2^32-1 (default: {d['seed']})")
+    flag("--out", help="run directory; must be new or empty (default: "
+                       "runs/<dataset>-<clients>c-<rounds>r-seed<seed>)")
+    flag("--overwrite", action="store_true", help="replace the run already in --out (only a fedmia "
+                                                  "run directory is ever cleared)")
+    flag("--data-dir", help="folder holding the dataset files; must exist unless --download "
+                            "(default: $FEDMIA_DATA, then the Debian dataset folder for fashion-mnist)")
     flag("--download", action="store_true", default=None,
          help="let torchvision download the dataset when online (default: off)")
     flag("--device", help=f"cpu or cuda[:N] (default: {d['device']})")
@@ -91,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     file_data = load_toml(args.config) if args.config else None
     flags = {name: getattr(args, name, None) for name in _defaults()}
     if args.attacks is not None:
-        flags["attacks"] = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+        flags["attacks"] = parse_attacks(args.attacks)
     params = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
               for name in DEFENSE_PARAM_FLAGS if getattr(args, name.replace("-", "_")) is not None}
     return resolve_config(file_data, flags, args.defense, params)
@@ -102,6 +109,7 @@ def run_simulate(args: argparse.Namespace) -> None:
     from fedmia.summary import print_summary
 
     config = config_from_args(args)
+    RunDirectory(config.out).ensure_fresh(args.overwrite)
     results = simulate(config, verbose=args.verbose)
     print_summary(results)
 
@@ -110,8 +118,12 @@ def run_attack(args: argparse.Namespace) -> None:
     from fedmia.evaluation import reattack
     from fedmia.summary import print_summary
 
-    attacks = tuple(a.strip() for a in args.attacks.split(",")) if args.attacks else None
-    print_summary(reattack(args.run_dir, attacks))
+    attacks = parse_attacks(args.attacks) if args.attacks is not None else None
+    rundir = RunDirectory(args.run_dir)
+    rundir.verify_trained()
+    results = reattack(args.run_dir, attacks)
+    rundir.remove_stale_scores(results)
+    print_summary(results)
 
 
 def run_check(args: argparse.Namespace) -> None:

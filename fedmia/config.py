@@ -1,14 +1,19 @@
 """The run configuration: one frozen object resolved from a TOML file and command-line flags.
 
-Flags override the file. Per-client defenses come from `[[clients]]` groups in the file or from
-`--defense NAME` plus comma lists of its parameters on the command line (`--epsilon 1,4,8,inf`
-spreads the values over the clients in order, in contiguous blocks). An `epsilon` of `inf`
-means no DP for that client: its defense becomes `none`.
+Flags override the file. Per-client defenses come from `[[client]]` groups in the file or from
+`defense` plus lists of its parameters (flags, or top-level keys of the file): `--epsilon
+1,4,8,inf` spreads the values over the clients in order, in equal contiguous blocks, so the
+number of values must divide the number of clients. An `epsilon` of `inf` means no DP for that
+client: its defense becomes `none`.
+
+Every value is checked for its type and range before anything is built, so bad input of any
+kind (a flag, a TOML value of the wrong type, an absurd size) is one FedmiaError line.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,6 +26,76 @@ from fedmia.defenses import DefenseSpec
 from fedmia.errors import FedmiaError
 
 DEFAULT_ATTACKS = ("loss", "confidence", "entropy", "modified-entropy", "correctness")
+
+#: Upper limits of the sizes a run may ask for: far above what this simulator is useful at,
+#: low enough that a typo (an extra digit or ten) is an error instead of a run that never ends
+#: or fills the disk (every round writes a global model file).
+MAX_CLIENTS = 10_000
+MAX_ROUNDS = 1_000
+MAX_LOCAL_EPOCHS = 1_000
+MAX_BATCH_SIZE = 100_000
+#: numpy's and scikit-learn's seeds are 32-bit.
+MAX_SEED = 2**32 - 1
+
+#: Keys that set one defense for every client (flags, or top-level keys of a config file).
+DEFENSE_KEYS = ("defense", "epsilon", "delta", "max_grad_norm", "accountant")
+
+
+def flag_name(key: str) -> str:
+    """`local_epochs` -> `--local-epochs`: errors name the flag, which is also the file key."""
+    return "--" + key.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: an integer (or any finite number) within bounds."""
+
+    low: float
+    high: float = math.inf
+    integer: bool = False
+    low_open: bool = False
+
+    def describe(self) -> str:
+        if self.integer:
+            return f"an integer from {int(self.low)} to {int(self.high)}"
+        if self.high == math.inf:
+            return "a positive number" if self.low_open else f"a number >= {self.low:g}"
+        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if not self.integer and not _finite(value):
+            return False
+        above_low = value > self.low if self.low_open else value >= self.low
+        return above_low and value <= self.high
+
+    def check(self, key: str, value: Any) -> None:
+        if not self.accepts(value):
+            raise FedmiaError(f"{flag_name(key)} must be {self.describe()}, got {value!r}")
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+NUMERIC_KEYS = {
+    "clients": Range(1, MAX_CLIENTS, integer=True),
+    "rounds": Range(1, MAX_ROUNDS, integer=True),
+    "local_epochs": Range(1, MAX_LOCAL_EPOCHS, integer=True),
+    "batch_size": Range(1, MAX_BATCH_SIZE, integer=True),
+    "seed": Range(0, MAX_SEED, integer=True),
+    "lr": Range(0, low_open=True),
+    "fraction": Range(0, 1, low_open=True),
+    "client_cpus": Range(0, low_open=True),
+    "client_gpus": Range(0),
+    "client_dp_noise": Range(0),
+    "client_dp_clip": Range(0, low_open=True),
+}
+TEXT_KEYS = ("dataset", "model", "partition", "out", "device", "client_dp")
 
 
 @dataclass(frozen=True)
@@ -37,7 +112,8 @@ class RunConfig:
     lr: float = 0.05
     fraction: float = 1.0
     seed: int = 0
-    out: str = ""
+    #: None: `runs/<dataset>-<clients>c-<rounds>r-seed<seed>`.
+    out: str | None = None
     data_dir: str | None = None
     download: bool = False
     device: str = "cpu"
@@ -50,10 +126,11 @@ class RunConfig:
     defenses: tuple[DefenseSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        if self.out is None:
+            object.__setattr__(self, "out", f"runs/{self.dataset}-{self.clients}c-{self.rounds}r-seed{self.seed}")
+        check_types(self)
         if not self.defenses:
             object.__setattr__(self, "defenses", tuple(DefenseSpec() for _ in range(self.clients)))
-        if not self.out:
-            object.__setattr__(self, "out", f"runs/{self.dataset}-{self.clients}c-{self.rounds}r-seed{self.seed}")
         validate(self)
 
     @property
@@ -72,20 +149,48 @@ class RunConfig:
         return tomli_w.dumps(data)
 
 
+def check_types(config: RunConfig) -> None:
+    """Every scalar value's type and range, before anything is built from them (a client count
+    of 10^11 must not build 10^11 defense specs first)."""
+    for key, allowed in NUMERIC_KEYS.items():
+        allowed.check(key, getattr(config, key))
+    for key in TEXT_KEYS:
+        value = getattr(config, key)
+        if not isinstance(value, str) or not value.strip():
+            raise FedmiaError(f"{flag_name(key)} must be a non-empty text, got {value!r}")
+    if config.data_dir is not None and (not isinstance(config.data_dir, str) or not config.data_dir.strip()):
+        raise FedmiaError(f"--data-dir must name a folder, got {config.data_dir!r}")
+    if not isinstance(config.download, bool):
+        raise FedmiaError(f"download must be true or false, got {config.download!r}")
+    check_attacks(config.attacks)
+
+
+def check_attacks(attacks: Any) -> None:
+    """A non-empty list of known attack names, each once."""
+    from fedmia.attacks import ATTACKS
+
+    if not isinstance(attacks, tuple) or not attacks:
+        raise FedmiaError(f"--attacks must list at least one attack (choose from {', '.join(ATTACKS)}), "
+                          f"got {attacks!r}")
+    for position, name in enumerate(attacks):
+        if not isinstance(name, str) or name not in ATTACKS:
+            raise FedmiaError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+        if name in attacks[:position]:
+            raise FedmiaError(f"attack {name!r} is listed twice in --attacks; list each attack once")
+
+
+def parse_attacks(text: str) -> tuple[str, ...]:
+    """`--attacks loss,confidence` -> the checked tuple of names."""
+    attacks = tuple(name.strip() for name in text.split(","))
+    if any(not name for name in attacks):
+        raise FedmiaError(f"--attacks {text!r} has an empty name; write e.g. --attacks loss,confidence")
+    check_attacks(attacks)
+    return attacks
+
+
 def validate(config: RunConfig) -> None:
-    """Check every value up front; each error names the key and the fix."""
-    positive = {"clients": config.clients, "rounds": config.rounds,
-                "local-epochs": config.local_epochs, "batch-size": config.batch_size}
-    for key, value in positive.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise FedmiaError(f"--{key} must be a positive integer, got {value!r}")
-    if not (isinstance(config.lr, (int, float)) and config.lr > 0 and math.isfinite(config.lr)):
-        raise FedmiaError(f"--lr must be a positive number, got {config.lr!r}")
-    if not 0 < config.fraction <= 1:
-        raise FedmiaError(f"--fraction must be in (0, 1], got {config.fraction!r}")
-    if config.client_cpus <= 0 or config.client_gpus < 0:
-        raise FedmiaError("--client-cpus must be positive and --client-gpus non-negative")
-    if config.device != "cpu" and not config.device.startswith("cuda"):
+    """Check how values fit together; each error names the key and the fix."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", config.device):
         raise FedmiaError(f"--device must be cpu or cuda[:N], got {config.device!r}")
     if len(config.defenses) != config.clients:
         raise FedmiaError(
@@ -99,7 +204,6 @@ def validate(config: RunConfig) -> None:
         raise FedmiaError("--client-dp needs every client in every round (Flower's wrappers "
                           "calibrate noise to a fixed sample); use --fraction 1")
     PartitionSpec.parse(config.partition)
-    from fedmia.attacks import ATTACKS
     from fedmia.data import DATASETS
     from fedmia.models import MODELS
 
@@ -107,9 +211,6 @@ def validate(config: RunConfig) -> None:
                                  ("model", config.model, MODELS)):
         if name not in registry:
             raise FedmiaError(f"unknown {kind} {name!r}; choose one of {', '.join(registry)}")
-    for name in config.attacks:
-        if name not in ATTACKS:
-            raise FedmiaError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     for spec in config.defenses:
         spec.build()
 
@@ -117,14 +218,17 @@ def validate(config: RunConfig) -> None:
 CLIENT_DP_MODES = ("off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
 
 
-def spread(values: list[Any], num_clients: int) -> list[Any]:
-    """Spread values over clients in order, in contiguous blocks as equal as possible."""
+def spread(values: list[Any], num_clients: int, key: str) -> list[Any]:
+    """Spread values over clients in order, in equal contiguous blocks: the number of values
+    must divide the number of clients, so no value silently covers more clients than another."""
     if not values:
-        raise FedmiaError("an empty list of values cannot be spread over clients")
-    if len(values) > num_clients:
-        raise FedmiaError(f"{len(values)} values for {num_clients} clients; give at most one per client")
-    base, extra = divmod(num_clients, len(values))
-    return [v for i, v in enumerate(values) for _ in range(base + (i < extra))]
+        raise FedmiaError(f"{flag_name(key)} is empty; give one value or a comma list")
+    if num_clients % len(values):
+        raise FedmiaError(f"{flag_name(key)} has {len(values)} values for {num_clients} clients; give a "
+                          f"number of values that divides {num_clients} (each covers an equal block "
+                          "of clients in order), or one per client")
+    block = num_clients // len(values)
+    return [value for value in values for _ in range(block)]
 
 
 def _parse_scalar(text: str) -> Any:
@@ -137,17 +241,44 @@ def _parse_scalar(text: str) -> Any:
     return text
 
 
-def client_spec(defense: str, params: dict[str, Any]) -> DefenseSpec:
-    """One client's defense; an infinite epsilon means no DP at all."""
-    epsilon = params.get("epsilon")
-    if epsilon is not None and math.isinf(float(epsilon)):
+def value_list(key: str, raw: Any) -> list[Any]:
+    """A per-client parameter as given: a comma list (flag or file string), a TOML array or
+    one number."""
+    if isinstance(raw, str):
+        parts = raw.split(",")
+        if any(not part.strip() for part in parts):
+            raise FedmiaError(f"{flag_name(key)} {raw!r} has an empty value; write e.g. 1,4,8,inf")
+        return [_parse_scalar(part) for part in parts]
+    if isinstance(raw, list):
+        return raw
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return [raw]
+    raise FedmiaError(f"{flag_name(key)} must be a value or a list of values, got {raw!r}")
+
+
+def _is_infinite(value: Any) -> bool:
+    try:
+        return math.isinf(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def client_spec(defense: Any, params: dict[str, Any]) -> DefenseSpec:
+    """One client's defense; an infinite epsilon means no DP at all. Parameter names may be
+    written with `-` or `_`."""
+    params = {str(key).replace("-", "_"): value for key, value in params.items()}
+    if _is_infinite(params.get("epsilon")):
         return DefenseSpec("none")
-    return DefenseSpec(defense, dict(params))
+    return DefenseSpec(defense, params)
 
 
-def defenses_from_flags(defense: str, param_lists: dict[str, str], num_clients: int) -> tuple[DefenseSpec, ...]:
+def defenses_from_flags(defense: str | None, param_lists: dict[str, Any],
+                        num_clients: int) -> tuple[DefenseSpec, ...]:
     """`--defense dpsgd --epsilon 1,4,8,inf` -> one spec per client."""
-    spread_params = {key: spread([_parse_scalar(v) for v in raw.split(",")], num_clients)
+    if defense is None:
+        raise FedmiaError(f"{', '.join(flag_name(k) for k in param_lists)} set a defense's parameters; "
+                          "add --defense NAME (e.g. --defense dpsgd)")
+    spread_params = {key: spread(value_list(key, raw), num_clients, key)
                      for key, raw in param_lists.items()}
     return tuple(
         client_spec(defense, {key: values[k] for key, values in spread_params.items()})
@@ -155,28 +286,41 @@ def defenses_from_flags(defense: str, param_lists: dict[str, str], num_clients: 
     )
 
 
+CLIENT_IDS_HELP = 'write e.g. ids = "0-4,7" or ids = [0, 1, 2]'
+
+
+def _id_range(part: str, selector: str) -> list[int]:
+    """"3" or "0-4" (inclusive, low <= high)."""
+    low, dash, high = part.strip().partition("-")
+    if not low.strip().isdigit() or (dash and not high.strip().isdigit()):
+        raise FedmiaError(f"bad client ids {selector!r}; {CLIENT_IDS_HELP}")
+    first, last = int(low), int(high) if dash else int(low)
+    if last < first:
+        raise FedmiaError(f"client ids {selector!r}: {part.strip()} runs backwards and selects no "
+                          f"client; write {last}-{first}")
+    return list(range(first, last + 1))
+
+
 def _client_ids(selector: Any, num_clients: int) -> list[int]:
-    """Client ids from a list of ints or a string such as "0-4,7"."""
-    if isinstance(selector, list) and all(isinstance(i, int) for i in selector):
-        ids = selector
+    """Client ids from a list of ints or a string such as "0-4,7"; each id once, in range."""
+    if isinstance(selector, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in selector):
+        ids = list(selector)
     elif isinstance(selector, str):
-        ids = []
-        for part in selector.split(","):
-            low, _, high = part.strip().partition("-")
-            try:
-                ids += list(range(int(low), int(high or low) + 1))
-            except ValueError:
-                raise FedmiaError(f"bad client ids {selector!r}; write e.g. \"0-4,7\" or [0, 1]") from None
+        ids = [i for part in selector.split(",") for i in _id_range(part, selector)]
     else:
-        raise FedmiaError(f"bad client ids {selector!r}; write e.g. \"0-4,7\" or [0, 1]")
+        raise FedmiaError(f"bad client ids {selector!r}; {CLIENT_IDS_HELP}")
+    if not ids:
+        raise FedmiaError(f"client ids {selector!r} select no client; {CLIENT_IDS_HELP}")
     outside = [i for i in ids if not 0 <= i < num_clients]
     if outside:
-        raise FedmiaError(f"client ids {outside} are outside 0-{num_clients - 1}; fix [[client]] ids")
+        raise FedmiaError(f"client ids {outside[:5]} are outside 0-{num_clients - 1}; fix [[client]] ids")
     return ids
 
 
-def defenses_from_groups(groups: list[dict[str, Any]], num_clients: int) -> tuple[DefenseSpec, ...]:
+def defenses_from_groups(groups: Any, num_clients: int) -> tuple[DefenseSpec, ...]:
     """`[[client]]` groups (ids, defense, parameters); clients in no group get no defense."""
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise FedmiaError("client must be [[client]] tables, each with ids, defense and its parameters")
     specs: list[DefenseSpec | None] = [None] * num_clients
     for group in groups:
         group = dict(group)
@@ -186,21 +330,33 @@ def defenses_from_groups(groups: list[dict[str, Any]], num_clients: int) -> tupl
         spec = client_spec(group.pop("defense", "none"), group)
         for client in ids:
             if specs[client] is not None:
-                raise FedmiaError(f"client {client} is in two [[client]] groups; give each client one")
+                raise FedmiaError(f"client {client} is in two [[client]] groups (or twice in one); give each client once")
             specs[client] = spec
     return tuple(spec or DefenseSpec() for spec in specs)
 
 
+def _id_text(ids: list[int]) -> str:
+    """[0, 1, 2, 4] -> "0-2,4"."""
+    runs: list[list[int]] = []
+    for client in ids:
+        if runs and client == runs[-1][1] + 1:
+            runs[-1][1] = client
+        else:
+            runs.append([client, client])
+    return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in runs)
+
+
 def group_defenses(defenses: tuple[DefenseSpec, ...]) -> list[dict[str, Any]]:
-    """Inverse of `defenses_from_groups`: runs of equal specs become one group."""
-    groups: list[dict[str, Any]] = []
+    """Inverse of `defenses_from_groups`: one group per distinct spec, with exactly its clients."""
+    groups: list[tuple[dict[str, Any], list[int]]] = []
     for client, spec in enumerate(defenses):
         body = {"defense": spec.name, **spec.params}
-        if groups and groups[-1]["body"] == body:
-            groups[-1]["last"] = client
+        match = next((ids for known, ids in groups if known == body), None)
+        if match is None:
+            groups.append((body, [client]))
         else:
-            groups.append({"first": client, "last": client, "body": body})
-    return [{"ids": f"{g['first']}-{g['last']}", **g["body"]} for g in groups]
+            match.append(client)
+    return [{"ids": _id_text(ids), **body} for body, ids in groups]
 
 
 _FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.name != "defenses"}
@@ -212,8 +368,16 @@ def load_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         raise FedmiaError(f"config file {path} not found; check the --config path") from None
-    except tomllib.TOMLDecodeError as error:
+    except IsADirectoryError:
+        raise FedmiaError(f"--config {path} is a directory; pass a TOML file (e.g. {path}/config.toml)") from None
+    except OSError as error:
+        raise FedmiaError(f"cannot read config file {path} ({error.strerror}); check the --config path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise FedmiaError(f"config file {path} is not valid TOML ({error}); fix the syntax") from None
+
+
+def _key_name(key: str) -> str:
+    return key.replace("-", "_")
 
 
 def _normalize_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -221,27 +385,39 @@ def _normalize_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in data.items():
         name = _FILE_KEYS.get(key) or _FILE_KEYS.get(key.replace("_", "-"))
         if name is None:
-            raise FedmiaError(f"unknown key {key!r} in {source}; valid keys: {', '.join(sorted(_FILE_KEYS))}, client")
-        settings[name] = tuple(value) if name == "attacks" else value
+            valid = ", ".join([*sorted(_FILE_KEYS), *DEFENSE_KEYS, "client"])
+            raise FedmiaError(f"unknown key {key!r} in {source}; valid keys: {valid}")
+        if name == "attacks":
+            value = parse_attacks(value) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+        settings[name] = value
     return settings
+
+
+def _file_defense(file_data: dict[str, Any]) -> dict[str, Any]:
+    """Pop the top-level defense keys (`defense = "dpsgd"`, `epsilon = [1, 8]`) from a file."""
+    return {_key_name(key): file_data.pop(key) for key in list(file_data) if _key_name(key) in DEFENSE_KEYS}
 
 
 def resolve_config(file_data: dict[str, Any] | None, flags: dict[str, Any],
                    defense_flag: str | None = None,
-                   defense_param_flags: dict[str, str] | None = None) -> RunConfig:
-    """File values, then flags on top; per-client defenses from flags win over file groups."""
+                   defense_param_flags: dict[str, Any] | None = None) -> RunConfig:
+    """File values, then flags on top; per-client defenses from flags (or the file's top-level
+    defense keys) win over file groups."""
     file_data = dict(file_data or {})
-    groups = file_data.pop("client", [])
+    groups = file_data.pop("client", None)
+    defense = _file_defense(file_data)
+    if defense and groups is not None:
+        raise FedmiaError(f"the config file sets {', '.join(defense)} for every client and also has "
+                          "[[client]] groups; use one or the other")
     settings = _normalize_keys(file_data, "the config file")
     settings.update({k: v for k, v in flags.items() if v is not None})
     clients = settings.get("clients", RunConfig.clients)
-    if not isinstance(clients, int) or isinstance(clients, bool) or clients <= 0:
-        raise FedmiaError(f"--clients must be a positive integer, got {clients!r}")
-    if defense_flag is not None or defense_param_flags:
-        settings["defenses"] = defenses_from_flags(defense_flag or "none", defense_param_flags or {}, clients)
-    elif groups:
+    NUMERIC_KEYS["clients"].check("clients", clients)
+    if defense_flag is not None:
+        defense["defense"] = defense_flag
+    defense.update(defense_param_flags or {})
+    if defense:
+        settings["defenses"] = defenses_from_flags(defense.pop("defense", None), defense, clients)
+    elif groups is not None:
         settings["defenses"] = defenses_from_groups(groups, clients)
-    try:
-        return RunConfig(**settings)
-    except TypeError as error:
-        raise FedmiaError(f"bad config value ({error}); check the types in the config file") from None
+    return RunConfig(**settings)

@@ -9,9 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedmia.errors import FedmiaError
 from fedmia.metrics import membership_metrics
-from fedmia.rundir import RunDirectory
+from fedmia.rundir import RunDirectory, reported_scores
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -44,37 +43,19 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
     console.print(f"report: {Path(run['out']) / 'report.md'}")
 
 
-def _scopes(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    scopes = [("global", results["global"])]
-    scopes += [(f"client:{row['client']}", row) for row in results["clients"] if row.get("attacks")]
-    return scopes
-
-
-def _same(fresh: Any, stored: Any) -> bool:
-    if isinstance(fresh, (int, float)) and isinstance(stored, (int, float)):
-        return math.isclose(fresh, stored, rel_tol=1e-9, abs_tol=1e-12)
-    return fresh == stored
-
-
-def _differences(where: str, fresh: dict[str, Any], reported: dict[str, Any]) -> list[str]:
-    return [f"{where} {key}: saved {reported.get(key)}, recomputed {value}"
-            for key, value in fresh.items() if not _same(value, reported.get(key))]
-
-
 def check_run(path: Path) -> list[str]:
-    """Recompute every attack metric and each scope's held-out epsilon bound from
-    scores/*.npz; the list of numbers that differ."""
-    from fedmia.evaluation import saved_held_out_bound
-
+    """Recompute every attack metric from scores/*.npz; the list of numbers that differ. The
+    run directory is verified first: a missing or damaged file is one FedmiaError naming it."""
     rundir = RunDirectory(path)
-    if not (rundir.path / "results.json").exists():
-        raise FedmiaError(f"{path} has no results.json; pass a finished run directory")
+    results = rundir.verify_attacked()
     mismatches = []
-    for scope, table in _scopes(rundir.read_json("results.json")):
-        for attack, reported in table["attacks"].items():
-            data = rundir.load_scores(scope, attack)
-            fresh = membership_metrics(data["scores"], data["labels"], reported["delta"]).to_dict()
-            mismatches += _differences(f"{scope} {attack}", fresh, reported)
-        bound = saved_held_out_bound(rundir, scope, list(table["attacks"]), table["eps_bound"]["delta"])
-        mismatches += _differences(f"{scope} held-out bound", bound.to_dict(), table["eps_bound"])
+    for scope, attack, reported in reported_scores(results):
+        data = rundir.load_scores(scope, attack)
+        fresh = membership_metrics(data["scores"], data["labels"], reported["delta"]).to_dict()
+        for key, value in fresh.items():
+            stored = reported.get(key)
+            same = value == stored if value is None or stored is None else (
+                isinstance(stored, (int, float)) and math.isclose(value, stored, rel_tol=1e-9, abs_tol=1e-12))
+            if not same:
+                mismatches.append(f"{scope} {attack} {key}: saved {stored}, recomputed {value}")
     return mismatches

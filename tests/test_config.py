@@ -9,11 +9,19 @@ from fedmia.defenses import DefenseSpec
 from fedmia.errors import FedmiaError
 
 
-def test_spread_gives_contiguous_blocks_as_equal_as_possible():
-    assert spread([1, 4, 8, "inf"], 20) == [1] * 5 + [4] * 5 + [8] * 5 + ["inf"] * 5
-    assert spread(["a", "b"], 5) == ["a", "a", "a", "b", "b"]
+def test_spread_gives_equal_contiguous_blocks():
+    assert spread([1, 4, 8, "inf"], 20, "epsilon") == [1] * 5 + [4] * 5 + [8] * 5 + ["inf"] * 5
+    assert spread([1, 2, 3, 4], 4, "epsilon") == [1, 2, 3, 4]
     with pytest.raises(FedmiaError):
-        spread([1, 2, 3], 2)
+        spread([1, 2, 3], 2, "epsilon")
+
+
+def test_a_list_that_does_not_divide_the_clients_is_an_error_naming_both_numbers():
+    """`--epsilon 1,2,3` over 4 clients used to give uneven blocks without a word."""
+    with pytest.raises(FedmiaError, match="--epsilon has 3 values for 4 clients.*divides 4"):
+        resolve_config(None, {"clients": 4}, "dpsgd", {"epsilon": "1,2,3"})
+    with pytest.raises(FedmiaError, match="2 values for 5 clients"):
+        spread(["a", "b"], 5, "delta")
 
 
 def test_flags_override_file_values():

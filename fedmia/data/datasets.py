@@ -184,7 +184,8 @@ def _torchvision_download(class_name: str, root: Path) -> None:
 class FileDataset:
     """A dataset read from files in one on-disk format, searched for in --data-dir,
     $FEDMIA_DATA, the system folders and the download folder, and downloaded through
-    torchvision (when asked) only if none holds it."""
+    torchvision (when asked) only if none holds it. An explicit --data-dir that does not exist
+    is an error (without --download): a typo must not silently load files from elsewhere."""
 
     name: str
     num_classes: int
@@ -195,6 +196,8 @@ class FileDataset:
     how_to_get: str
 
     def __call__(self, data_dir: Path | None, download: bool) -> ArrayDataset:
+        if data_dir is not None and not download and not data_dir.is_dir():
+            raise FedmiaError(f"--data-dir {data_dir} is not an existing folder; {self.how_to_get}")
         roots = self._roots(data_dir)
         found = self._read_first(roots)
         if found is None and download:

@@ -23,13 +23,17 @@ class DefenseSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Defense:
-        if self.name not in DEFENSES:
+        """The defense, its parameter names checked first (`Defense.check_params`), then their
+        values by the defense itself."""
+        if not isinstance(self.name, str) or self.name not in DEFENSES:
             raise FedmiaError(f"unknown defense {self.name!r}; choose one of {', '.join(DEFENSES)}")
-        return DEFENSES[self.name](**self.params)
+        defense = DEFENSES[self.name]
+        defense.check_params(self.params)
+        return defense(**self.params)
 
     @property
     def needs_dp_compatible_model(self) -> bool:
-        return self.name in DEFENSES and DEFENSES[self.name].needs_dp_compatible_model
+        return isinstance(self.name, str) and self.name in DEFENSES and DEFENSES[self.name].needs_dp_compatible_model
 
 
 __all__ = [

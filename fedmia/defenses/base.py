@@ -9,6 +9,7 @@ state that must survive a round (an accountant's history, a budget) goes through
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -69,12 +70,29 @@ class Defense(ABC):
     #: True when training needs per-sample gradients, so the model must have no BatchNorm.
     needs_dp_compatible_model: ClassVar[bool] = False
 
-    def __init__(self, **params: Any) -> None:
-        if params:
-            raise FedmiaError(
-                f"defense {self.name!r} takes no parameters, got {', '.join(sorted(params))}; "
-                "remove them"
-            )
+    @classmethod
+    def parameters(cls) -> dict[str, inspect.Parameter]:
+        """The named parameters of `__init__`: exactly what a config may set for this defense."""
+        signature = inspect.signature(cls.__init__)
+        return {name: p for name, p in signature.parameters.items()
+                if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Unknown and missing parameters, for every defense alike: one line naming the defense,
+        the parameter and the accepted ones (a misspelt `epsilom` must not fall through to a
+        Python argument error)."""
+        accepted = cls.parameters()
+        unknown = sorted(set(params) - set(accepted))
+        missing = [name for name, p in accepted.items() if p.default is p.empty and name not in params]
+        if not unknown and not missing:
+            return
+        problem = (f"has no parameter {', '.join(map(repr, unknown))}" if unknown
+                   else f"needs {', '.join(missing)}")
+        listing = ", ".join(name if p.default is p.empty else f"{name} (default {p.default!r})"
+                            for name, p in accepted.items())
+        takes = f"its parameters are {listing}" if accepted else "it takes no parameters"
+        raise FedmiaError(f"defense {cls.name!r} {problem}; {takes}")
 
     def prepare(self, data: ClientData, plan: TrainingPlan, seed: int) -> None:
         """One-time, per-client work before the first round; nothing by default."""
@@ -94,6 +112,8 @@ class Defense(ABC):
 def check_param(name: str, value: float, low: float, high: float = float("inf"),
                 *, defense: str) -> float:
     """Range-check a numeric defense parameter; the error names the parameter and the range."""
+    if isinstance(value, bool):
+        raise FedmiaError(f"defense {defense!r}: {name}={value!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):

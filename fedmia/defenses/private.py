@@ -14,7 +14,6 @@ client's records without noise, and the formal epsilon covers only what the mech
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from abc import abstractmethod
@@ -87,16 +86,10 @@ class PrivateDefense(Defense):
 
     needs_dp_compatible_model = True
 
-    def __init__(self, epsilon: float, delta: float | None = None, accountant: str = "rdp",
-                 **unknown: Any) -> None:
-        if unknown:
-            known = [p for p in inspect.signature(type(self).__init__).parameters
-                     if p not in ("self", "unknown")]
-            raise FedmiaError(f"defense {self.name!r} has no parameter {', '.join(sorted(unknown))}; "
-                              f"its parameters are {', '.join(known)}")
+    def __init__(self, epsilon: float, delta: float | None = None, accountant: str = "rdp") -> None:
         self.epsilon = check_param("epsilon", epsilon, 1e-3, 1e6, defense=self.name)
         self.delta = None if delta is None else check_param("delta", delta, 1e-12, 0.1, defense=self.name)
-        if accountant not in ACCOUNTANTS:
+        if not isinstance(accountant, str) or accountant not in ACCOUNTANTS:
             raise FedmiaError(f"defense {self.name!r}: accountant={accountant!r}; "
                               f"use one of {', '.join(ACCOUNTANTS)}")
         self.accountant = accountant
