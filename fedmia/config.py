@@ -360,6 +360,18 @@ def group_defenses(defenses: tuple[DefenseSpec, ...]) -> list[dict[str, Any]]:
 
 
 _FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.name != "defenses"}
+#: The keys `RunConfig.to_toml` always writes (data_dir only when set): a run's config.toml
+#: without one of them was truncated or edited.
+WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name != "data_dir") | {"client"}
+
+
+def load_run_config(text: str) -> RunConfig:
+    """A run directory's config.toml, which must list every key (see `WRITTEN_KEYS`)."""
+    data = tomllib.loads(text)
+    missing = sorted(WRITTEN_KEYS - {_key_name(key) for key in data})
+    if missing:
+        raise FedmiaError(f"it lacks {', '.join(missing)}, which a run's config.toml always lists")
+    return resolve_config(data, {})
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tomllib
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -45,7 +44,7 @@ RUN_FOLDERS = {"models": ".safetensors", "scores": ".npz"}
 SCORE_ARRAYS = ("scores", "labels", "indices")
 
 RERUN = "rerun `python -m fedmia simulate --config {path}/config.toml --out {path} --overwrite`"
-REATTACK = "recompute them with `python -m fedmia attack {path}`"
+REATTACK = "recompute the attack phase with `python -m fedmia attack {path}`"
 
 
 def _jsonable(value: Any) -> Any:
@@ -192,15 +191,15 @@ class RunDirectory:
             raise self._damaged(name, "is missing", fix)
         try:
             return parse(path.read_text(encoding="utf-8"))
-        except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as error:
+        except (FedmiaError, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as error:
             raise self._damaged(name, f"is damaged ({_one_line(error)})", fix) from None
 
     def verify_trained(self) -> None:
         """Everything `attack` reads, checked before it starts: config.toml, manifest.json (and
         that they agree), metrics.jsonl, and every model file the attack phase loads."""
-        from fedmia.config import resolve_config
+        from fedmia.config import load_run_config
 
-        config = self._read_checked("config.toml", lambda text: resolve_config(tomllib.loads(text), {}),
+        config = self._read_checked("config.toml", load_run_config,
                                     "restore the run's config.toml or " + RERUN)
         manifest, recorded = self._read_checked("manifest.json", _parse_manifest,
                                                 "without a valid manifest the split is lost: " + RERUN)
@@ -235,7 +234,7 @@ class RunDirectory:
             uploaders = {int(report["client"]) for record in records for report in record["clients"]
                          if not report.get("stopped")}
         except (KeyError, TypeError, ValueError) as error:
-            raise self._damaged("metrics.jsonl", f"is damaged (a record lacks {_one_line(error)})", RERUN) from None
+            raise self._damaged("metrics.jsonl", f"is damaged ({_one_line(error)} in a record)", RERUN) from None
         return ([FINAL_GLOBAL_MODEL] + [global_round_name(r) for r in rounds]
                 + [client_model_name(c) for c in sorted(uploaders)])
 
@@ -259,7 +258,7 @@ class RunDirectory:
         try:
             scores = reported_scores(results)
         except (KeyError, TypeError, AttributeError) as error:
-            raise self._damaged("results.json", f"is damaged (no {_one_line(error)} table)", REATTACK) from None
+            raise self._damaged("results.json", f"is damaged ({_one_line(error)})", REATTACK) from None
         for scope, attack, reported in scores:
             if not isinstance(reported, dict) or not isinstance(reported.get("delta"), float):
                 raise self._damaged("results.json", f"is damaged (no delta for {scope} {attack})", REATTACK)
@@ -281,6 +280,9 @@ class RunDirectory:
 
 
 def _one_line(error: BaseException) -> str:
+    """An exception's text on one line (a KeyError's text is just the key: say so)."""
+    if isinstance(error, KeyError):
+        return f"no {error.args[0]!r} entry"
     return " ".join(str(error).split()) or type(error).__name__
 
 
