@@ -190,7 +190,7 @@ def parse_attacks(text: str) -> tuple[str, ...]:
 
 def validate(config: RunConfig) -> None:
     """Check how values fit together; each error names the key and the fix."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", config.device):
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", config.device):
         raise FedmiaError(f"--device must be cpu or cuda[:N], got {config.device!r}")
     if len(config.defenses) != config.clients:
         raise FedmiaError(

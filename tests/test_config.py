@@ -80,3 +80,58 @@ def test_unknown_file_key_and_defense_are_reported():
     with pytest.raises(FedmiaError, match="unknown defense"):
         resolve_config(None, {"clients": 2}, "magic", {})
 
+
+
+@pytest.mark.parametrize("ids", ["3-1", "", "1-", "-1", "0-2,5-4", [], [True]])
+def test_reversed_empty_or_malformed_client_ranges_are_errors(ids):
+    """`ids = "3-1"` used to select nobody: those clients silently trained without DP."""
+    with pytest.raises(FedmiaError, match="client ids|select no client"):
+        defenses_from_groups([{"ids": ids, "defense": "dpsgd", "epsilon": 1.0}], 6)
+
+
+def test_config_toml_records_exactly_the_groups_used():
+    groups = [{"ids": [4, 0, 2], "defense": "dpsgd", "epsilon": 1.0}, {"ids": "5", "defense": "ladp", "epsilon": 8}]
+    config = resolve_config({"clients": 6, "client": groups}, {})
+    written = tomllib.loads(config.to_toml())["client"]
+    assert written == [{"ids": "0,2,4", "defense": "dpsgd", "epsilon": 1.0}, {"ids": "1,3", "defense": "none"},
+                       {"ids": "5", "defense": "ladp", "epsilon": 8}]
+    assert resolve_config(tomllib.loads(config.to_toml()), {}) == config
+
+
+@pytest.mark.parametrize("defense", ["none", "dpsgd", "ladp"])
+def test_a_misspelt_parameter_names_the_defense_the_parameter_and_the_accepted_ones(defense):
+    with pytest.raises(FedmiaError) as error:
+        DefenseSpec(defense, {"epsilom": 1.0}).build()
+    message = str(error.value)
+    assert f"defense {defense!r} has no parameter 'epsilom'" in message
+    assert ("its parameters are epsilon" in message) == (defense != "none")
+
+
+@pytest.mark.parametrize("defense", ["dpsgd", "ladp"])
+def test_a_missing_required_parameter_is_named(defense):
+    with pytest.raises(FedmiaError, match=f"defense '{defense}' needs epsilon; its parameters are epsilon, delta"):
+        DefenseSpec(defense, {"delta": 1e-5}).build()
+
+
+def test_top_level_defense_keys_in_a_file_work_like_the_flags():
+    config = resolve_config({"clients": 4, "defense": "dpsgd", "epsilon": [1, "inf"]}, {})
+    assert [spec.name for spec in config.defenses] == ["dpsgd", "dpsgd", "none", "none"]
+    with pytest.raises(FedmiaError, match="one or the other"):
+        resolve_config({"defense": "dpsgd", "epsilon": 1, "client": [{"ids": "0", "defense": "none"}]}, {})
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"rounds": 10**20}, "--rounds must be an integer from 1 to 1000"),
+    ({"clients": 10**11}, "--clients must be an integer from 1 to 10000"),
+    ({"seed": -1}, "--seed must be an integer from 0"),
+    ({"batch_size": 10**9}, "--batch-size"),
+    ({"local_epochs": 10**6}, "--local-epochs"),
+    ({"out": ""}, "--out"),
+    ({"attacks": ("loss", "loss")}, "listed twice"),
+    ({"attacks": ()}, "at least one attack"),
+    ({"device": "cuda:x"}, "--device"),
+    ({"download": "yes"}, "download must be true or false"),
+])
+def test_absurd_sizes_and_wrong_types_are_bounded(settings, message):
+    with pytest.raises(FedmiaError, match=message):
+        resolve_config(None, settings)

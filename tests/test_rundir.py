@@ -1,9 +1,8 @@
 """The run directory: refusing to write over a run (or anything else), verifying a finished run
 before `attack` and `check` read it, and keeping scores/ in step with results.json.
 
-The finished run is made by the real pieces without Ray: `prepare_run`, one local round per
-client (`run_local_round`), the server's `RoundRecorder`, then the real attack phase through
-`python -m fedmia attack`.
+The finished run is trained by the real pieces without Ray (`tests.inprocess`), then attacked
+and reported through `python -m fedmia attack`.
 """
 
 import json
@@ -18,33 +17,15 @@ from safetensors.torch import save
 from fedmia.cli import main
 from fedmia.config import RunConfig
 from fedmia.errors import FedmiaError
-from fedmia.local import report_to_dict, run_local_round
-from fedmia.recorder import RoundRecorder
-from fedmia.run import prepare_run
-from fedmia.rundir import FINAL_GLOBAL_MODEL, RunDirectory
-
-
-def average(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([s[key].double() for s in states]).mean(0).to(states[0][key].dtype)
-            for key in states[0]}
+from fedmia.rundir import RunDirectory
+from tests.inprocess import train_federation
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A 3-client, 1-round run, trained, attacked and reported."""
+    """A 3-client, 1-round run, trained in this process, then attacked and reported by the CLI."""
     path = tmp_path_factory.mktemp("runs") / "finished"
-    run = prepare_run(RunConfig(clients=3, rounds=1, local_epochs=1, seed=5, out=str(path)))
-    recorder = RoundRecorder(run)
-    start = run.new_model().state_dict()
-    recorder.finish_round(0, start)
-    uploads = []
-    for client in range(3):
-        result = run_local_round(run, client, start, 1, None)
-        recorder.observe_update(1, client, result.state, report_to_dict(client, result.report))
-        uploads.append(result.state)
-    final = average(uploads)
-    recorder.finish_round(1, final)
-    run.rundir.save_model(FINAL_GLOBAL_MODEL, final)
+    train_federation(RunConfig(clients=3, rounds=1, local_epochs=1, seed=5, out=str(path)))
     assert main(["attack", str(path)]) == 0
     assert main(["check", str(path)]) == 0
     return path
