@@ -198,9 +198,18 @@ def check_federation_size(grid: Grid, config: RunConfig) -> None:
     """One virtual node per client: `partition-id` k is client k."""
     nodes = len(list(grid.get_node_ids()))
     if nodes and nodes != config.clients:
-        raise FedmiaError(f"the federation has {nodes} nodes but clients = {config.clients}; set "
-                          f"options.num-supernodes = {config.clients} for the SuperLink connection "
-                          "(Flower configuration file) or pass clients to match")
+        raise FedmiaError(f"the federation has {nodes} SuperNodes but clients = {config.clients}; "
+                          f"run `flwr run . --federation-config \"num-supernodes={config.clients}\"`, "
+                          "or leave clients = 0 for one client per SuperNode")
+
+
+def flower_run_config(grid: Grid, context: Context) -> dict[str, Any]:
+    """The run config `flwr run` passes; `clients = 0` (the app's default) means one client per
+    SuperNode of the federation, since a ServerApp cannot choose how many SuperNodes it gets."""
+    config = dict(context.run_config)
+    if config.get("clients") == 0:
+        config["clients"] = len(list(grid.get_node_ids()))
+    return config
 
 
 def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTimer,
@@ -251,7 +260,7 @@ def make_server_app(prepared: PreparedRun | None = None, progress: Progress | No
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         control.thread = threading.current_thread()
-        run = prepared or prepare_run(resolve_config(dict(context.run_config), {}))
+        run = prepared or prepare_run(resolve_config(flower_run_config(grid, context), {}))
         execute_run(grid, run, progress or SilentProgress(), timer or RunTimer(), control.stop)
 
     return app
