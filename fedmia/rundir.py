@@ -41,7 +41,7 @@ Parsed = TypeVar("Parsed")
 RUN_FILES = frozenset({"config.toml", "manifest.json", "metrics.jsonl", "results.json", "report.md",
                        "roc.png", "privacy.png"})
 RUN_FOLDERS = {"models": ".safetensors", "scores": ".npz"}
-SCORE_ARRAYS = ("scores", "labels", "indices")
+SCORE_ARRAYS = ("scores", "labels", "indices", "halves")
 
 RERUN = "rerun `python -m fedmia simulate --config {path}/config.toml --out {path} --overwrite`"
 REATTACK = "recompute the attack phase with `python -m fedmia attack {path}`"
@@ -263,6 +263,9 @@ class RunDirectory:
             if not isinstance(reported, dict) or not isinstance(reported.get("delta"), float):
                 raise self._damaged("results.json", f"is damaged (no delta for {scope} {attack})", REATTACK)
             self._verify_scores(scope, attack)
+        for scope, table in reported_tables(results):
+            if not isinstance(table.get("eps_bound"), dict) or not isinstance(table["eps_bound"].get("delta"), float):
+                raise self._damaged("results.json", f"is damaged (no held-out bound for {scope})", REATTACK)
         return results
 
     def _verify_scores(self, scope: str, attack: str) -> None:
@@ -286,10 +289,11 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def _score_problem(scores: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> str:
+def _score_problem(scores: np.ndarray, labels: np.ndarray, *others: np.ndarray) -> str:
     """What makes a score file unusable for the metrics, or "" when nothing does."""
-    if not scores.ndim == labels.ndim == indices.ndim == 1 or not len(scores) == len(labels) == len(indices):
-        return "scores, labels and indices are not 1-D arrays of one length"
+    arrays = (scores, labels, *others)
+    if any(a.ndim != 1 for a in arrays) or len({len(a) for a in arrays}) != 1:
+        return f"{', '.join(SCORE_ARRAYS)} are not 1-D arrays of one length"
     if set(np.unique(labels).tolist()) != {0, 1}:
         return "labels must be 0 and 1, both present"
     if not np.issubdtype(scores.dtype, np.number) or not np.isfinite(scores).all():
@@ -313,12 +317,17 @@ def _parse_metrics(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line]
 
 
+def reported_tables(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(scope, table) of every attacked scope in results.json."""
+    tables = [("global", results["global"])]
+    return tables + [(f"client:{row['client']}", row) for row in results["clients"] if row.get("attacks")]
+
+
 def reported_scores(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(scope, attack, reported metrics) of every attack result in results.json: each has a
     score file behind it."""
-    tables = [("global", results["global"])]
-    tables += [(f"client:{row['client']}", row) for row in results["clients"] if row.get("attacks")]
-    return [(scope, attack, reported) for scope, table in tables for attack, reported in table["attacks"].items()]
+    return [(scope, attack, reported) for scope, table in reported_tables(results)
+            for attack, reported in table["attacks"].items()]
 
 
 FINAL_GLOBAL_MODEL = "global_final"

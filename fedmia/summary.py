@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmia.metrics import membership_metrics
-from fedmia.rundir import RunDirectory, reported_scores
+from fedmia.rundir import RunDirectory, reported_tables
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -43,19 +43,31 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
     console.print(f"report: {Path(run['out']) / 'report.md'}")
 
 
+def _same(fresh: Any, stored: Any) -> bool:
+    if isinstance(fresh, (int, float)) and isinstance(stored, (int, float)):
+        return math.isclose(fresh, stored, rel_tol=1e-9, abs_tol=1e-12)
+    return fresh == stored
+
+
+def _differences(where: str, fresh: dict[str, Any], reported: dict[str, Any]) -> list[str]:
+    return [f"{where} {key}: saved {reported.get(key)}, recomputed {value}"
+            for key, value in fresh.items() if not _same(value, reported.get(key))]
+
+
 def check_run(path: Path) -> list[str]:
-    """Recompute every attack metric from scores/*.npz; the list of numbers that differ. The
-    run directory is verified first: a missing or damaged file is one FedmiaError naming it."""
+    """Recompute every attack metric and each scope's held-out epsilon bound from
+    scores/*.npz; the list of numbers that differ. The run directory is verified first: a
+    missing or damaged file is one FedmiaError naming it."""
+    from fedmia.evaluation import saved_held_out_bound
+
     rundir = RunDirectory(path)
     results = rundir.verify_attacked()
     mismatches = []
-    for scope, attack, reported in reported_scores(results):
-        data = rundir.load_scores(scope, attack)
-        fresh = membership_metrics(data["scores"], data["labels"], reported["delta"]).to_dict()
-        for key, value in fresh.items():
-            stored = reported.get(key)
-            same = value == stored if value is None or stored is None else (
-                isinstance(stored, (int, float)) and math.isclose(value, stored, rel_tol=1e-9, abs_tol=1e-12))
-            if not same:
-                mismatches.append(f"{scope} {attack} {key}: saved {stored}, recomputed {value}")
+    for scope, table in reported_tables(results):
+        for attack, reported in table["attacks"].items():
+            data = rundir.load_scores(scope, attack)
+            fresh = membership_metrics(data["scores"], data["labels"], reported["delta"]).to_dict()
+            mismatches += _differences(f"{scope} {attack}", fresh, reported)
+        bound = saved_held_out_bound(rundir, scope, list(table["attacks"]), table["eps_bound"]["delta"])
+        mismatches += _differences(f"{scope} held-out bound", bound.to_dict(), table["eps_bound"])
     return mismatches
