@@ -125,25 +125,34 @@ def reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def stop_ray(before_ray: dict[int, str], timeout_s: float = 3.0) -> None:
-    """Shut Ray down and wait until every process it started (the descendants not in
-    `before_ray`) has exited: its client workers only notice that the raylet is gone a moment
-    later, and none may outlive the run. One still there after `timeout_s` is killed (the start
-    time guards against a reused pid)."""
+def still_running(processes: dict[int, str]) -> dict[int, str]:
+    """The ones of `processes` (pid -> start time) still alive, reaping those that ended; the
+    start time guards against a reused pid."""
+    for pid in processes:
+        reap(pid)
+    return {pid: start for pid, start in processes.items() if (_stat(str(pid)) or (0, ""))[1] == start}
+
+
+def send(processes: dict[int, str], signum: int) -> None:
+    for pid in still_running(processes):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def stop_ray(before_ray: dict[int, str], timeout_s: float = 2.0) -> None:
+    """Shut Ray down and end every process it started (the descendants not in `before_ray`):
+    its client workers would notice only later that the raylet is gone, busy ones after their
+    current task, and none may outlive the run. They get SIGTERM, and SIGKILL after
+    `timeout_s`."""
     processes = {pid: start for pid, start in descendant_processes().items()
                  if before_ray.get(pid) != start}
     ray.shutdown()
+    send(processes, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    alive = processes
-    while alive and time.monotonic() < deadline:
+    while still_running(processes) and time.monotonic() < deadline:
         time.sleep(0.05)
-        for pid in alive:
-            reap(pid)
-        alive = {pid: start for pid, start in alive.items() if (_stat(str(pid)) or (0, ""))[1] == start}
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        reap(pid)
+    send(processes, signal.SIGKILL)
+    still_running(processes)
 
 
 def backend_config(config: RunConfig) -> dict[str, Any]:
