@@ -183,7 +183,9 @@ class Interruption:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        if self._previous is not None:
+        """Ctrl-C gets its usual meaning back, unless it stopped this run: the process is then
+        ending, and another Ctrl-C must not turn its last second into a traceback."""
+        if self._previous is not None and not self.control.stop.is_set():
             signal.signal(signal.SIGINT, self._previous)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:

@@ -2,6 +2,7 @@
 rejected. Each run is a subprocess in its own session, so the test sees exactly the processes
 that run started (Ray's among them) and sends Ctrl-C the way a terminal does: to the group."""
 
+import contextlib
 import json
 import os
 import signal
@@ -48,11 +49,12 @@ def read_until(proc: subprocess.Popen, text: str) -> None:
     raise AssertionError(f"the run ended before printing {text!r}")
 
 
-@pytest.mark.parametrize("after, delay_s, kept_rounds", [
-    ("round 0/", 2.0, 1),   # round 1: client actors starting
-    ("round 1/", 0.0, 2),   # round 2: clients training
+@pytest.mark.parametrize("after, delay_s, presses, kept_rounds", [
+    ("round 0/", 2.0, 1, 1),   # round 1: client actors starting
+    ("round 1/", 0.0, 2, 2),   # round 2: clients training; an impatient second Ctrl-C
 ])
-def test_ctrl_c_exits_130_quickly_with_one_line_and_no_ray_process(tmp_path, after, delay_s, kept_rounds):
+def test_ctrl_c_exits_130_quickly_with_one_line_and_no_ray_process(tmp_path, after, delay_s, presses,
+                                                                   kept_rounds):
     out = tmp_path / "run"
     proc = start_run(out, "--rounds", "3", "--local-epochs", "30")
     try:
@@ -60,7 +62,10 @@ def test_ctrl_c_exits_130_quickly_with_one_line_and_no_ray_process(tmp_path, aft
         time.sleep(delay_s)
         assert session_processes(proc.pid), "the run is still going"
         pressed = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
+        for _ in range(presses):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.5)
         _, err = proc.communicate(timeout=10)
         took = time.monotonic() - pressed
     finally:
