@@ -17,8 +17,8 @@ class DPSGD(PrivateDefense):
     name = "dpsgd"
 
     def __init__(self, epsilon: float, delta: float | None = None, accountant: str = "rdp",
-                 max_grad_norm: float = 1.0, **unknown: Any) -> None:
-        super().__init__(epsilon, delta, accountant, **unknown)
+                 max_grad_norm: float = 1.0) -> None:
+        super().__init__(epsilon, delta, accountant)
         self.max_grad_norm = check_param("max_grad_norm", max_grad_norm, 1e-6, defense=self.name)
 
     def train_private(self, model: nn.Module, gradients: PerSampleGradients, data: ClientData,

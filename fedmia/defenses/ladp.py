@@ -84,8 +84,8 @@ class LayeredAdaptiveDP(PrivateDefense):
 
     def __init__(self, epsilon: float, delta: float | None = None, accountant: str = "rdp",
                  sensitive_clip: float = 1.0, other_clip: float = 5.0, other_noise: float = 0.5,
-                 reallocate_every: int = 10, **unknown: Any) -> None:
-        super().__init__(epsilon, delta, accountant, **unknown)
+                 reallocate_every: int = 10) -> None:
+        super().__init__(epsilon, delta, accountant)
         self.sensitive_clip = check_param("sensitive_clip", sensitive_clip, 1e-6, defense=self.name)
         self.other_clip = check_param("other_clip", other_clip, 1e-6, defense=self.name)
         self.other_noise = check_param("other_noise", other_noise, 1e-3, 1e3, defense=self.name)
