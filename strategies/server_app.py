@@ -43,7 +43,7 @@ from fedmia.privacy import default_delta
 from fedmia.progress import Progress, SilentProgress
 from fedmia.recorder import RoundRecorder
 from fedmia.report import write_outputs
-from fedmia.rundir import FINAL_GLOBAL_MODEL
+from fedmia.rundir import FINAL_GLOBAL_MODEL, RunDirectory
 from fedmia.run import PreparedRun, prepare_run
 from fedmia.timing import RunTimer
 from strategies.observed import ObservedStrategy
@@ -212,6 +212,16 @@ def flower_run_config(grid: Grid, context: Context) -> dict[str, Any]:
     return config
 
 
+def prepare_flower_run(grid: Grid, context: Context) -> PreparedRun:
+    """The run `flwr run` asked for; like `simulate`, it refuses to write over an earlier run in
+    `out` unless the run config says `overwrite=true`."""
+    settings = flower_run_config(grid, context)
+    overwrite = bool(settings.pop("overwrite", False))
+    config = resolve_config(settings, {})
+    RunDirectory(config.out).ensure_fresh(overwrite)
+    return prepare_run(config)
+
+
 def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTimer,
                 stop: threading.Event | None = None) -> dict[str, Any]:
     """Train, attack, report; `timer` gets each phase's seconds. Once `stop` is set the run
@@ -260,7 +270,7 @@ def make_server_app(prepared: PreparedRun | None = None, progress: Progress | No
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         control.thread = threading.current_thread()
-        run = prepared or prepare_run(resolve_config(flower_run_config(grid, context), {}))
+        run = prepared or prepare_flower_run(grid, context)
         execute_run(grid, run, progress or SilentProgress(), timer or RunTimer(), control.stop)
 
     return app
