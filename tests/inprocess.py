@@ -2,7 +2,7 @@
 
 Every client trains with `fedmia.local.run_local_round` (what the ClientApp runs), the server's
 `RoundRecorder` sees every upload and writes each round, and the aggregate is FedAvg's
-example-weighted mean. Only Flower's transport is left out.
+example-weighted mean of the uploads it accepts. Only Flower's transport is left out.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def train_federation(config: RunConfig) -> PreparedRun:
             result = run_local_round(run, client, global_state, server_round, defense_states.get(client))
             defense_states[client] = result.defense_state
             report = report_to_dict(client, result.report)
-            recorder.observe_update(server_round, client, result.state, report)
-            if not report["stopped"]:
+            accepted = recorder.observe_update(server_round, client, result.state, report)
+            if accepted and not report["stopped"]:
                 uploads.append(result.state)
                 weights.append(report["num_examples"])
         global_state = weighted_mean(uploads, weights)
