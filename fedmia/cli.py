@@ -11,8 +11,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedmia.config import (MAX_BATCH_SIZE, MAX_CLIENTS, MAX_LOCAL_EPOCHS, MAX_ROUNDS, RunConfig,
-                           load_toml, parse_attacks, resolve_config)
+from fedmia.config import (MAX_BATCH_SIZE, MAX_CLIENTS, MAX_LOCAL_EPOCHS, MAX_ROUNDS, NUMERIC_KEYS,
+                           RunConfig, load_toml, parse_attacks, resolve_config)
 from fedmia.errors import FedmiaError
 from fedmia.rundir import RunDirectory
 
@@ -77,7 +77,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                              f"(default: {d['client_dp']})")
     flag("--client-dp-noise", type=float, help=f"client-level DP noise multiplier (default: {d['client_dp_noise']})")
     flag("--client-dp-clip", type=float, help=f"client-level DP (initial) clipping norm (default: {d['client_dp_clip']})")
+    _add_attack_workers_flag(parser)
     flag("-v", "--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
+def _add_attack_workers_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--attack-workers", type=int,
+                        help="processes attacking scopes in parallel, same results as 1; 0 = one "
+                             f"per CPU, 1 = serial (default: {_defaults()['attack_workers']})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "saved models (e.g. after it failed or with other attacks)")
     attack.add_argument("run_dir", type=Path, help="a run directory whose training finished")
     attack.add_argument("--attacks", help="comma list of attacks (default: the run's own)")
+    _add_attack_workers_flag(attack)
     check = commands.add_parser("check", help="recompute every attack number of a run from its files")
     check.add_argument("run_dir", type=Path, help="a run directory written by simulate")
     return parser
@@ -119,9 +127,11 @@ def run_attack(args: argparse.Namespace) -> None:
     from fedmia.summary import print_summary
 
     attacks = parse_attacks(args.attacks) if args.attacks is not None else None
+    if args.attack_workers is not None:
+        NUMERIC_KEYS["attack_workers"].check("attack_workers", args.attack_workers)
     rundir = RunDirectory(args.run_dir)
     rundir.verify_trained()
-    results = reattack(args.run_dir, attacks)
+    results = reattack(args.run_dir, attacks, args.attack_workers)
     rundir.remove_stale_scores(results)
     print_summary(results)
 

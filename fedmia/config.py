@@ -36,6 +36,8 @@ MAX_LOCAL_EPOCHS = 1_000
 MAX_BATCH_SIZE = 100_000
 #: numpy's and scikit-learn's seeds are 32-bit.
 MAX_SEED = 2**32 - 1
+#: Each attack worker holds the dataset in memory: more than this is a typo.
+MAX_ATTACK_WORKERS = 256
 
 #: Keys that set one defense for every client (flags, or top-level keys of a config file).
 DEFENSE_KEYS = ("defense", "epsilon", "delta", "max_grad_norm", "accountant")
@@ -94,6 +96,7 @@ NUMERIC_KEYS = {
     "client_gpus": Range(0),
     "client_dp_noise": Range(0),
     "client_dp_clip": Range(0, low_open=True),
+    "attack_workers": Range(0, MAX_ATTACK_WORKERS, integer=True),
 }
 TEXT_KEYS = ("dataset", "model", "partition", "out", "device", "client_dp")
 
@@ -123,6 +126,9 @@ class RunConfig:
     client_dp: str = "off"
     client_dp_noise: float = 1.0
     client_dp_clip: float = 1.0
+    #: Processes attacking scopes in parallel; 0: one per available CPU, 1: in the driver.
+    #: The results do not depend on it.
+    attack_workers: int = 0
     defenses: tuple[DefenseSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -361,8 +367,10 @@ def group_defenses(defenses: tuple[DefenseSpec, ...]) -> list[dict[str, Any]]:
 
 _FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.name != "defenses"}
 #: The keys `RunConfig.to_toml` always writes (data_dir only when set): a run's config.toml
-#: without one of them was truncated or edited.
-WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name != "data_dir") | {"client"}
+#: without one of them was truncated or edited. attack_workers changes no result, so a run
+#: written before it existed stays valid.
+OPTIONAL_KEYS = ("data_dir", "attack_workers")
+WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name not in OPTIONAL_KEYS) | {"client"}
 
 
 def load_run_config(text: str) -> RunConfig:

@@ -18,11 +18,20 @@ trained. For `client:k` the server also knows the global model client k started 
 shadow is that model fine-tuned on a client-sized slice of the population (the rest of the
 population are its non-members); for `global` the shadow is trained from scratch on half of the
 population.
+
+Scopes are independent, so they run in parallel (`attack_workers` processes, see
+`attack_scopes`); each is seeded on its own and computed with one torch thread, so the results
+are the same bits whatever the number of workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,7 @@ import torch
 from torch import nn
 
 from fedmia.attacks import AdversaryKnowledge, ShadowObservation, TargetModel, make_attack
+from fedmia.config import RunConfig
 from fedmia.errors import FedmiaError
 from fedmia.metrics import (
     BOUND_HALF,
@@ -43,10 +53,12 @@ from fedmia.metrics import (
 )
 from fedmia.privacy import default_delta
 from fedmia.rundir import FINAL_GLOBAL_MODEL, RunDirectory, client_model_name, global_round_name
-from fedmia.run import PreparedRun, round_seed
+from fedmia.run import PreparedRun, load_prepared_run, round_seed
 from fedmia.training import accuracy, predict_logits, train_epochs
 
 GLOBAL_SCOPE = "global"
+#: How long a stopped attack worker is given to exit after SIGTERM.
+WORKER_EXIT_S = 2.0
 
 
 def client_scope(client: int) -> str:
@@ -229,30 +241,150 @@ def client_row(run: PreparedRun, client: int, report: dict[str, Any] | None,
             "stopped": bool(report.get("stopped_later")), **(scope.to_dict() if scope else {})}
 
 
-def evaluate_privacy(run: PreparedRun, on_scope: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Attack the global model and every client's last upload; the `global` and `clients`
-    tables of results.json."""
-    notify = on_scope or (lambda scope: None)
-    notify(GLOBAL_SCOPE)
-    global_result = attack_global(run)
-    reports = last_client_reports(run)
-    rows = []
+@dataclass(frozen=True)
+class ScopeTask:
+    """One scope to attack: `global` (client None) or a client's last upload, sent in
+    `upload_round`, attacked at that client's `delta`. Plain values, so it pickles."""
+
+    scope: str
+    client: int | None = None
+    upload_round: int = 0
+    delta: float = 0.0
+
+
+def scope_tasks(run: PreparedRun, reports: dict[int, dict[str, Any]]) -> list[ScopeTask]:
+    """`global`, then every client that uploaded a model, in client order (the serial order)."""
+    tasks = [ScopeTask(GLOBAL_SCOPE)]
     for client in range(run.config.clients):
         report = reports.get(client)
-        scope = None
         if report is not None:
-            notify(client_scope(client))
             privacy = report.get("privacy") or {}
             delta = privacy.get("delta") or default_delta(len(run.split.clients[client]))
-            scope = attack_client(run, client, report["round"], delta)
-        rows.append(client_row(run, client, report, scope))
-    return {"global": global_result.to_dict(), "clients": rows}
+            tasks.append(ScopeTask(client_scope(client), client, report["round"], delta))
+    return tasks
 
 
-def reattack(path: Path, attacks: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The attack phase and report again, from a run directory whose training finished."""
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Float reductions depend on torch's thread count: every scope runs on one thread, in the
+    driver or in a worker, so serial and parallel attacks compute the same bits."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def attack_task(run: PreparedRun, task: ScopeTask) -> ScopeResult:
+    with one_torch_thread():
+        if task.client is None:
+            return attack_global(run)
+        return attack_client(run, task.client, task.upload_round, task.delta)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_count(requested: int, scopes: int) -> int:
+    """`requested` workers (0: one per available CPU), never more than there are scopes."""
+    return max(1, min(requested or available_cpus(), scopes))
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the driver, which stops them: a worker's own KeyboardInterrupt
+    would print a traceback and break the pool under the driver."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _attack_in_worker(path: str, config: RunConfig, task: ScopeTask) -> ScopeResult:
+    """A worker loads the run's data once (load_prepared_run is cached per process) and
+    attacks one scope with the driver's config (e.g. `attack --attacks` changed it)."""
+    return attack_task(replace(load_prepared_run(path), config=config), task)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, workers: set[multiprocessing.process.BaseProcess]) -> None:
+    """Cancel what has not started and end the workers at once (SIGTERM): a scope in progress
+    may take seconds, and neither a failed run nor Ctrl-C should wait for it."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
+        process.terminate()
+    for process in workers:
+        process.join(WORKER_EXIT_S)
+
+
+def attack_in_parallel(run: PreparedRun, tasks: list[ScopeTask], notify: Callable[[str], None],
+                       workers: int) -> list[ScopeResult]:
+    """`tasks` over `workers` spawned processes (fork is unsafe beside Ray's and Flower's
+    threads), at most `workers` at a time, so `notify(scope)` still means "this scope starts"
+    and may raise to stop the run; results come back in the order of `tasks`. A worker's
+    exception reaches the caller with its own type and message."""
+    results: list[ScopeResult | None] = [None] * len(tasks)
+    pending = iter(enumerate(tasks))
+    running: dict[Future[ScopeResult], int] = {}
+    children_before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_interrupts)
+
+    def start_next() -> None:
+        item = next(pending, None)
+        if item is not None:
+            index, task = item
+            notify(task.scope)
+            running[pool.submit(_attack_in_worker, str(run.rundir.path), run.config, task)] = index
+
+    try:
+        for _ in range(workers):
+            start_next()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[running.pop(future)] = future.result()
+                start_next()
+    except BaseException:
+        _stop_pool(pool, set(multiprocessing.active_children()) - children_before)
+        raise
+    pool.shutdown()
+    return [result for result in results if result is not None]
+
+
+def attack_scopes(run: PreparedRun, tasks: list[ScopeTask], notify: Callable[[str], None],
+                  workers: int) -> list[ScopeResult]:
+    """Every task's result, in the order of `tasks`; one worker attacks in this process."""
+    if workers > 1:
+        return attack_in_parallel(run, tasks, notify, workers)
+    results = []
+    for task in tasks:
+        notify(task.scope)
+        results.append(attack_task(run, task))
+    return results
+
+
+def evaluate_privacy(run: PreparedRun, on_scope: Callable[[str], None] | None = None,
+                     workers: int | None = None) -> dict[str, Any]:
+    """Attack the global model and every client's last upload; the `global` and `clients`
+    tables of results.json. `on_scope(scope)` is called as each scope starts and may raise to
+    stop the phase; `workers` (default: the config's `attack_workers`, 0 = one per CPU) attack
+    scopes in parallel, with the same results as one."""
+    reports = last_client_reports(run)
+    tasks = scope_tasks(run, reports)
+    count = worker_count(run.config.attack_workers if workers is None else workers, len(tasks))
+    results = attack_scopes(run, tasks, on_scope or (lambda scope: None), count)
+    by_client = {task.client: result for task, result in zip(tasks, results) if task.client is not None}
+    rows = [client_row(run, client, reports.get(client), by_client.get(client))
+            for client in range(run.config.clients)]
+    return {"global": results[0].to_dict(), "clients": rows}
+
+
+def reattack(path: Path, attacks: tuple[str, ...] | None = None,
+             workers: int | None = None) -> dict[str, Any]:
+    """The attack phase and report again, from a run directory whose training finished;
+    `workers` as in `evaluate_privacy`."""
     from fedmia.report import write_outputs
-    from fedmia.run import load_prepared_run
     from fedmia.timing import RunTimer
 
     if not RunDirectory(path).has_model(FINAL_GLOBAL_MODEL):
@@ -264,7 +396,7 @@ def reattack(path: Path, attacks: tuple[str, ...] | None = None) -> dict[str, An
         run.rundir.write_text("config.toml", run.config.to_toml())
     timer = RunTimer()
     with timer.phase("attacks"):
-        results = evaluate_privacy(run)
+        results = evaluate_privacy(run, workers=workers)
     previous = run.rundir.read_json("results.json") if (run.rundir.path / "results.json").exists() else {}
     results["client_level_dp"] = previous.get("client_level_dp")
     return write_outputs(run, results, timer)
