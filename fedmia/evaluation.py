@@ -29,6 +29,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -59,6 +62,8 @@ from fedmia.training import accuracy, predict_logits, train_epochs
 GLOBAL_SCOPE = "global"
 #: How long a stopped attack worker is given to exit after SIGTERM.
 WORKER_EXIT_S = 2.0
+#: How often an attack worker checks that its driver is still there.
+DRIVER_CHECK_S = 1.0
 
 
 def client_scope(client: int) -> str:
@@ -295,15 +300,28 @@ def worker_count(requested: int, scopes: int) -> int:
     return max(1, min(requested or available_cpus(), scopes))
 
 
-def _ignore_interrupts() -> None:
-    """Workers leave Ctrl-C to the driver, which stops them: a worker's own KeyboardInterrupt
-    would print a traceback and break the pool under the driver."""
+def _start_worker(driver: int) -> None:
+    """Workers leave Ctrl-C to the driver, which stops them (a worker's own KeyboardInterrupt
+    would print a traceback and break the pool under the driver), and end when the driver is
+    gone: a driver killed outright cannot stop them, and they would attack on for nobody."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_without, args=(driver,), daemon=True).start()
+
+
+def _exit_without(driver: int) -> None:
+    while os.getppid() == driver:
+        time.sleep(DRIVER_CHECK_S)
+    os._exit(1)
+
+
+def _load_in_worker(path: str) -> None:
+    """A worker's first job: import everything and load the run's data (cached per process),
+    so that it is handed scopes only once it can start on them at once."""
+    load_prepared_run(path)
 
 
 def _attack_in_worker(path: str, config: RunConfig, task: ScopeTask) -> ScopeResult:
-    """A worker loads the run's data once (load_prepared_run is cached per process) and
-    attacks one scope with the driver's config (e.g. `attack --attacks` changed it)."""
+    """One scope, on the run's data and the driver's config (`attack --attacks` changes it)."""
     return attack_task(replace(load_prepared_run(path), config=config), task)
 
 
@@ -317,38 +335,55 @@ def _stop_pool(pool: ProcessPoolExecutor, workers: set[multiprocessing.process.B
         process.join(WORKER_EXIT_S)
 
 
+def queue_depth(loaded_workers: int, pending: int) -> int:
+    """How many scopes to keep handed to the pool: two per loaded worker, so a worker that
+    finishes one while the driver is busy with its own scope starts on the next at once; one
+    per worker near the end, where a scope queued behind a busy worker would keep the driver
+    waiting idle."""
+    return loaded_workers * (2 if pending > 2 * loaded_workers else 1)
+
+
 def attack_in_parallel(run: PreparedRun, tasks: list[ScopeTask], notify: Callable[[str], None],
                        workers: int) -> list[ScopeResult]:
-    """`tasks` over `workers` spawned processes (fork is unsafe beside Ray's and Flower's
-    threads), at most `workers` at a time, so `notify(scope)` still means "this scope starts"
-    and may raise to stop the run; results come back in the order of `tasks`. A worker's
-    exception reaches the caller with its own type and message."""
-    results: list[ScopeResult | None] = [None] * len(tasks)
-    pending = iter(enumerate(tasks))
-    running: dict[Future[ScopeResult], int] = {}
-    children_before = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_ignore_interrupts)
+    """`tasks` shared by this process and `workers - 1` spawned ones (fork is unsafe beside
+    Ray's and Flower's threads). A spawned worker takes seconds to import torch and load the
+    data, so this process attacks scopes itself meanwhile, and hands scopes to the pool only
+    once a worker has loaded (see `queue_depth`): a small run never waits for a start-up.
 
-    def start_next() -> None:
-        item = next(pending, None)
-        if item is not None:
-            index, task = item
-            notify(task.scope)
-            running[pool.submit(_attack_in_worker, str(run.rundir.path), run.config, task)] = index
+    `notify(scope)` is called as each scope starts (or is queued for a worker) and may raise
+    to stop the phase; the workers are then ended at once, as after any error. Results keep
+    the order of `tasks`; a worker's exception reaches the caller with its own type and
+    message."""
+    results: list[ScopeResult | None] = [None] * len(tasks)
+    pending = deque(enumerate(tasks))
+    path = str(run.rundir.path)
+    children_before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(os.getpid(),))
+    loading = {pool.submit(_load_in_worker, path) for _ in range(workers - 1)}
+    running: dict[Future[ScopeResult], int] = {}
+
+    def start(index: int, task: ScopeTask) -> None:
+        notify(task.scope)
+        running[pool.submit(_attack_in_worker, path, run.config, task)] = index
 
     try:
-        for _ in range(workers):
-            start_next()
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
+        while pending or running:
+            for future in [future for future in loading if future.done()]:
+                loading.remove(future)
+                future.result()
+            for future in [future for future in running if future.done()]:
                 results[running.pop(future)] = future.result()
-                start_next()
-    except BaseException:
+            while pending and len(running) < queue_depth(workers - 1 - len(loading), len(pending)):
+                start(*pending.popleft())
+            if pending:
+                index, task = pending.popleft()
+                notify(task.scope)
+                results[index] = attack_task(run, task)
+            elif running:
+                wait(running, return_when=FIRST_COMPLETED)
+    finally:
         _stop_pool(pool, set(multiprocessing.active_children()) - children_before)
-        raise
-    pool.shutdown()
     return [result for result in results if result is not None]
 
 

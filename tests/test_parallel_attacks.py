@@ -1,11 +1,13 @@
 """The attack phase over worker processes gives the serial phase's results, bit for bit, and
 its errors and stops: a real in-process federation attacked with 1 and with 2 workers."""
 
-import copy
 import multiprocessing
+import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +15,13 @@ import torch
 
 from fedmia.config import resolve_config
 from fedmia.errors import FedmiaError
-from fedmia.evaluation import GLOBAL_SCOPE, client_scope, evaluate_privacy
+from fedmia import evaluation
+from fedmia.evaluation import GLOBAL_SCOPE, ScopeResult, client_scope, evaluate_privacy
 from fedmia.rundir import RunDirectory
 from fedmia.run import PreparedRun
 from tests.inprocess import train_federation
 
-CLIENTS = 4
+CLIENTS = 6
 
 
 class Stop(Exception):
@@ -27,12 +30,11 @@ class Stop(Exception):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> PreparedRun:
-    """A trained 4-client federation; client 0 trains with DP-SGD, so its scope has a delta of
-    its own."""
+    """A trained federation; client 0 trains with DP-SGD, so its scope has a delta of its own."""
     out = tmp_path_factory.mktemp("runs") / "parallel"
     config = resolve_config({}, {"clients": CLIENTS, "rounds": 1, "local_epochs": 1, "seed": 5,
                                  "out": str(out), "attacks": ("loss", "entropy")},
-                            "dpsgd", {"epsilon": "8,inf,inf,inf"})
+                            "dpsgd", {"epsilon": "8,inf,inf,inf,inf,inf"})
     return train_federation(config)
 
 
@@ -46,13 +48,38 @@ def saved_scores(run: PreparedRun) -> dict[str, dict[str, np.ndarray]]:
     return {path.name: dict(np.load(path)) for path in sorted((run.rundir.path / "scores").glob("*.npz"))}
 
 
-def test_two_workers_give_the_serial_results_and_score_files(trained, tmp_path):
+def attack_and_mark(path: str, config, task) -> ScopeResult:
+    """`_attack_in_worker`, leaving a mark beside the run directory: proof that a worker, not
+    the driver, attacked `task`'s scope."""
+    (Path(path).parent / f"worker-{task.scope.replace(':', '-')}").touch()
+    return evaluation._attack_in_worker(path, config, task)
+
+
+def worker_marks(run: PreparedRun) -> list[Path]:
+    return sorted(run.rundir.path.parent.glob("worker-*"))
+
+
+def slow_driver(run: PreparedRun, started: list[str]) -> Callable[[str], None]:
+    """A progress callback that holds the driver for a second at each scope it starts, until
+    a worker has attacked one: the driver attacks scopes itself while the workers start, and
+    on this tiny run it would otherwise finish them all first."""
+    def on_scope(scope: str) -> None:
+        started.append(scope)
+        if not worker_marks(run):
+            time.sleep(1.0)
+    return on_scope
+
+
+def test_two_workers_give_the_serial_results_and_score_files(trained, tmp_path, monkeypatch):
     threads = torch.get_num_threads()
-    serial_run, parallel_run = copied(trained, tmp_path / "serial"), copied(trained, tmp_path / "parallel")
+    serial_run = copied(trained, tmp_path / "serial" / "run")
+    parallel_run = copied(trained, tmp_path / "parallel" / "run")
     serial = evaluate_privacy(serial_run, workers=1)
     assert torch.get_num_threads() == threads, "the serial path restores torch's thread count"
+    monkeypatch.setattr(evaluation, "_attack_in_worker", attack_and_mark)
     started: list[str] = []
-    parallel = evaluate_privacy(parallel_run, started.append, workers=2)
+    parallel = evaluate_privacy(parallel_run, slow_driver(parallel_run, started), workers=2)
+    assert worker_marks(parallel_run), "a worker attacked at least one scope"
     assert parallel == serial
     assert [row["client"] for row in parallel["clients"]] == list(range(CLIENTS))
     assert sorted(started) == sorted([GLOBAL_SCOPE, *map(client_scope, range(CLIENTS))])
@@ -64,18 +91,14 @@ def test_two_workers_give_the_serial_results_and_score_files(trained, tmp_path):
 
 
 def test_a_workers_error_reaches_the_driver_with_its_type_and_message(trained, tmp_path):
-    """An attack the registry does not know fails inside the scope (make_attack), in the
-    worker; the driver raises the same FedmiaError as the serial phase."""
-    run = copied(trained, tmp_path / "broken")
-    config = copy.copy(run.config)
-    object.__setattr__(config, "attacks", ("loss", "no-such-attack"))
-    run = replace(run, config=config)
-    messages = []
-    for workers in (1, 2):
-        with pytest.raises(FedmiaError, match="unknown attack 'no-such-attack'") as raised:
-            evaluate_privacy(run, workers=workers)
-        messages.append(str(raised.value))
-    assert messages[0] == messages[1]
+    """A worker loads the run from its directory, whose config.toml here has a bad learning
+    rate: the worker's FedmiaError reaches the driver, which holds the run in memory and
+    would not fail by itself."""
+    run = copied(trained, tmp_path / "broken" / "run")
+    config_file = run.rundir.path / "config.toml"
+    config_file.write_text(re.sub(r"(?m)^lr = .*$", "lr = -1.0", config_file.read_text()))
+    with pytest.raises(FedmiaError, match="--lr must be a positive number, got -1.0"):
+        evaluate_privacy(run, slow_driver(run, []), workers=2)
     assert not multiprocessing.active_children()
 
 
