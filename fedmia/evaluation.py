@@ -151,6 +151,10 @@ def _shadow_observation(run: PreparedRun, model: nn.Module, shadow_in: np.ndarra
                         shadow_out: np.ndarray) -> ShadowObservation:
     indices = np.concatenate([shadow_in, shadow_out])
     logits = predict_logits(model, run.images(indices), run.config.device)
+    if not np.isfinite(logits).all():
+        raise FedmiaError(f"the adversary's shadow model diverged (non-finite outputs) when trained like "
+                          f"the clients (lr {run.config.lr:g}, batch size {run.config.batch_size}), so "
+                          "no attack can be calibrated; rerun with a smaller --lr or a larger --batch-size")
     membership = np.concatenate([np.ones(len(shadow_in)), np.zeros(len(shadow_out))]).astype(int)
     return ShadowObservation(logits, run.labels(indices), membership)
 

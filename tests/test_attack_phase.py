@@ -2,12 +2,14 @@
 held-out bound, and what results.json, report.md and `check` make of them."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from fedmia.config import resolve_config
-from fedmia.evaluation import client_scope
+from fedmia.errors import FedmiaError
+from fedmia.evaluation import client_scope, train_shadow
 from fedmia.rundir import FINAL_GLOBAL_MODEL, client_model_name
 from fedmia.summary import check_run
 from fedmia.training import accuracy
@@ -71,3 +73,10 @@ def test_check_recomputes_the_held_out_bound_from_the_saved_halves(attacked):
         for name, data in saved.items():
             run.rundir.save_scores(scope, name, data["scores"], data["labels"], data["indices"], data["halves"])
     assert json.loads((run.rundir.path / "results.json").read_text())["clients"][1]["eps_bound"]
+
+
+def test_a_diverging_shadow_model_is_a_one_line_error_not_a_crash(attacked):
+    run, _ = attacked
+    diverging = replace(run, config=replace(run.config, lr=1e6))
+    with pytest.raises(FedmiaError, match="shadow model diverged.*smaller --lr"):
+        train_shadow(diverging, run.new_model(), 40, 2, seed=0)
