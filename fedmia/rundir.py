@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from fedmia.errors import FedmiaError
+from fedmia.errors import FedmiaError, one_line
 
 Parsed = TypeVar("Parsed")
 
@@ -192,7 +192,7 @@ class RunDirectory:
         try:
             return parse(path.read_text(encoding="utf-8"))
         except (FedmiaError, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as error:
-            raise self._damaged(name, f"is damaged ({_one_line(error)})", fix) from None
+            raise self._damaged(name, f"is damaged ({one_line(error)})", fix) from None
 
     def verify_trained(self) -> None:
         """Everything `attack` reads, checked before it starts: config.toml, manifest.json (and
@@ -224,7 +224,7 @@ class RunDirectory:
             built = build_model(model["name"], tuple(arguments["input_shape"]), arguments["num_classes"],
                                 dp_compatible=model["dp_compatible"])
         except (KeyError, TypeError, ValueError, FedmiaError) as error:
-            raise self._damaged("manifest.json", f"has no usable model record ({_one_line(error)})", fix) from None
+            raise self._damaged("manifest.json", f"has no usable model record ({one_line(error)})", fix) from None
         return {key: list(tensor.shape) for key, tensor in built.state_dict().items()}
 
     def _models_needed(self, records: list[dict[str, Any]]) -> list[str]:
@@ -234,7 +234,7 @@ class RunDirectory:
             uploaders = {int(report["client"]) for record in records for report in record["clients"]
                          if not report.get("stopped")}
         except (KeyError, TypeError, ValueError) as error:
-            raise self._damaged("metrics.jsonl", f"is damaged ({_one_line(error)} in a record)", RERUN) from None
+            raise self._damaged("metrics.jsonl", f"is damaged ({one_line(error)} in a record)", RERUN) from None
         return ([FINAL_GLOBAL_MODEL] + [global_round_name(r) for r in rounds]
                 + [client_model_name(c) for c in sorted(uploaders)])
 
@@ -246,7 +246,7 @@ class RunDirectory:
             with safe_open(str(self.model_path(name)), "pt") as handle:
                 shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
         except (SafetensorError, OSError) as error:
-            raise self._damaged(relative, f"is damaged ({_one_line(error)})", RERUN) from None
+            raise self._damaged(relative, f"is damaged ({one_line(error)})", RERUN) from None
         if shapes != reference:
             raise self._damaged(relative, "does not hold the run's model (its tensors differ from the "
                                 "architecture in manifest.json)", RERUN)
@@ -258,7 +258,7 @@ class RunDirectory:
         try:
             scores = reported_scores(results)
         except (KeyError, TypeError, AttributeError) as error:
-            raise self._damaged("results.json", f"is damaged ({_one_line(error)})", REATTACK) from None
+            raise self._damaged("results.json", f"is damaged ({one_line(error)})", REATTACK) from None
         for scope, attack, reported in scores:
             if not isinstance(reported, dict) or not isinstance(reported.get("delta"), float):
                 raise self._damaged("results.json", f"is damaged (no delta for {scope} {attack})", REATTACK)
@@ -277,16 +277,9 @@ class RunDirectory:
             arrays = self.load_scores(scope, attack)
             problem = _score_problem(*(arrays[name] for name in SCORE_ARRAYS))
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-            problem = _one_line(error)
+            problem = one_line(error)
         if problem:
             raise self._damaged(relative, f"is damaged ({problem})", REATTACK)
-
-
-def _one_line(error: BaseException) -> str:
-    """An exception's text on one line (a KeyError's text is just the key: say so)."""
-    if isinstance(error, KeyError):
-        return f"no {error.args[0]!r} entry"
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _score_problem(scores: np.ndarray, labels: np.ndarray, *others: np.ndarray) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmia.errors import FedmiaError
+from fedmia.errors import FedmiaError, one_line
 
 DATA_DIR_ENV = "FEDMIA_DATA"
 #: Where `--download` puts files when neither --data-dir nor $FEDMIA_DATA names a folder.
@@ -94,18 +94,13 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception's text on one line, for FedmiaError messages (the CLI prints one line)."""
-    return " ".join(str(error).split())
-
-
 def _read_bytes(path: Path) -> bytes:
     """The file's content, gunzipped in memory when it ends in .gz (the folder may be
     read-only, as /usr/share is)."""
     try:
         return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
-        raise FedmiaError(f"cannot read {path} ({_one_line(error)}); "
+        raise FedmiaError(f"cannot read {path} ({one_line(error)}); "
                           "download or install it again") from None
 
 
@@ -150,7 +145,7 @@ def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
         images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
-        raise FedmiaError(f"{path} is not a CIFAR batch ({_one_line(error)}); "
+        raise FedmiaError(f"{path} is not a CIFAR batch ({one_line(error)}); "
                           "download it again") from None
     if len(images) != len(labels):
         raise FedmiaError(f"{path} holds {len(images)} images but {len(labels)} labels; "
@@ -176,7 +171,7 @@ def _torchvision_download(class_name: str, root: Path) -> None:
     try:
         dataset_class(str(root), train=False, download=True)
     except (RuntimeError, OSError) as error:
-        raise FedmiaError(f"downloading {class_name} into {root} failed ({_one_line(error)}); "
+        raise FedmiaError(f"downloading {class_name} into {root} failed ({one_line(error)}); "
                           "put the files there by hand and drop --download") from None
 
 
