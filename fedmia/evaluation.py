@@ -193,14 +193,6 @@ def attack_scope(run: PreparedRun, scope: str, target: nn.Module, knowledge: Adv
                        held_out_bound(all_scores, labels, halves, delta))
 
 
-def saved_held_out_bound(rundir: RunDirectory, scope: str, attacks: list[str], delta: float) -> HeldOutBound:
-    """The held-out bound of a scope again, from its saved scores, labels and halves alone."""
-    saved = {name: rundir.load_scores(scope, name) for name in attacks}
-    first = saved[attacks[0]]
-    return held_out_bound({name: data["scores"] for name, data in saved.items()}, first["labels"],
-                          first["halves"], delta)
-
-
 def attack_global(run: PreparedRun) -> ScopeResult:
     """The final global model against the union of all clients' data."""
     config = run.config

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedmia.metrics import membership_metrics
+from fedmia.metrics import held_out_bound, membership_metrics
 from fedmia.rundir import RunDirectory, reported_tables
 
 
@@ -58,16 +58,16 @@ def check_run(path: Path) -> list[str]:
     """Recompute every attack metric and each scope's held-out epsilon bound from
     scores/*.npz; the list of numbers that differ. The run directory is verified first: a
     missing or damaged file is one FedmiaError naming it."""
-    from fedmia.evaluation import saved_held_out_bound
-
     rundir = RunDirectory(path)
     results = rundir.verify_attacked()
     mismatches = []
     for scope, table in reported_tables(results):
+        saved = {attack: rundir.load_scores(scope, attack) for attack in table["attacks"]}
         for attack, reported in table["attacks"].items():
-            data = rundir.load_scores(scope, attack)
-            fresh = membership_metrics(data["scores"], data["labels"], reported["delta"]).to_dict()
-            mismatches += _differences(f"{scope} {attack}", fresh, reported)
-        bound = saved_held_out_bound(rundir, scope, list(table["attacks"]), table["eps_bound"]["delta"])
+            fresh = membership_metrics(saved[attack]["scores"], saved[attack]["labels"], reported["delta"])
+            mismatches += _differences(f"{scope} {attack}", fresh.to_dict(), reported)
+        first = next(iter(saved.values()))
+        bound = held_out_bound({attack: data["scores"] for attack, data in saved.items()}, first["labels"],
+                               first["halves"], table["eps_bound"]["delta"])
         mismatches += _differences(f"{scope} held-out bound", bound.to_dict(), table["eps_bound"])
     return mismatches
