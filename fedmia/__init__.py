@@ -3,7 +3,7 @@
 The core is Flower-free; `fedmia.simulation.simulate` runs a whole federation on Flower + Ray.
 """
 
-from fedmia.attacks import ATTACKS, AdversaryKnowledge, MembershipAttack, TargetModel, make_attack
+from fedmia.attacks import ATTACKS, AdversaryKnowledge, MembershipAttack, TargetView, make_attack
 from fedmia.config import RunConfig, resolve_config
 from fedmia.data import PartitionSpec, PrivacySplit, load_dataset, make_privacy_split
 from fedmia.defenses import DEFENSES, Defense, DefenseSpec
@@ -28,7 +28,7 @@ __all__ = [
     "PrivacySpent",
     "PrivacySplit",
     "RunConfig",
-    "TargetModel",
+    "TargetView",
     "build_model",
     "calibrate_noise_multiplier",
     "compute_epsilon",

@@ -26,6 +26,11 @@ from fedmia.defenses import DefenseSpec
 from fedmia.errors import FedmiaError
 
 DEFAULT_ATTACKS = ("loss", "confidence", "entropy", "modified-entropy", "correctness")
+DEFAULT_ADVERSARIES = ("server",)
+#: A client's part in the federation: honest, or a malicious client that attacks passively
+#: (it only watches the global models) or actively (its uploads push candidate records).
+ROLES = ("honest", "malicious:passive", "malicious:active")
+MALICIOUS_ATTACKS = ("passive", "active")
 
 #: Upper limits of the sizes a run may ask for: far above what this simulator is useful at,
 #: low enough that a typo (an extra digit or ten) is an error instead of a run that never ends
@@ -129,7 +134,15 @@ class RunConfig:
     #: Processes attacking scopes in parallel; 0: one per available CPU, 1: in the driver.
     #: The results do not depend on it.
     attack_workers: int = 0
+    #: Who attacks: `server` (every upload and global model), `querier` (the final model's
+    #: outputs at `querier_output`); malicious clients are added by their [[client]] role.
+    adversaries: tuple[str, ...] = DEFAULT_ADVERSARIES
+    #: What the querier sees of each query: logits, top-k:N posteriors, or label.
+    querier_output: str = "logits"
+    #: Which uploads the server keeps on disk: all, last, or every:N rounds (and the last).
+    keep_uploads: str = "all"
     defenses: tuple[DefenseSpec, ...] = field(default_factory=tuple)
+    roles: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.out is None:
@@ -137,6 +150,8 @@ class RunConfig:
         check_types(self)
         if not self.defenses:
             object.__setattr__(self, "defenses", tuple(DefenseSpec() for _ in range(self.clients)))
+        if not self.roles:
+            object.__setattr__(self, "roles", ("honest",) * self.clients)
         validate(self)
 
     @property
@@ -149,9 +164,10 @@ class RunConfig:
 
     def to_toml(self) -> str:
         """The resolved config, loadable again with `--config`."""
-        data = {k: v for k, v in asdict(self).items() if k != "defenses" and v is not None}
+        data = {k: v for k, v in asdict(self).items() if k not in ("defenses", "roles") and v is not None}
         data["attacks"] = list(self.attacks)
-        data["client"] = group_defenses(self.defenses)
+        data["adversaries"] = list(self.adversaries)
+        data["client"] = group_clients(self.defenses, self.roles)
         return tomli_w.dumps(data)
 
 
@@ -169,29 +185,36 @@ def check_types(config: RunConfig) -> None:
     if not isinstance(config.download, bool):
         raise FedmiaError(f"download must be true or false, got {config.download!r}")
     check_attacks(config.attacks)
+    if not isinstance(config.adversaries, tuple) or not all(isinstance(a, str) for a in config.adversaries):
+        raise FedmiaError(f"--adversaries must be a comma list such as server,querier, got {config.adversaries!r}")
+    for key in ("querier_output", "keep_uploads"):
+        if not isinstance(getattr(config, key), str):
+            raise FedmiaError(f"{flag_name(key)} must be a text, got {getattr(config, key)!r}")
 
 
 def check_attacks(attacks: Any) -> None:
-    """A non-empty list of known attack names, each once."""
-    from fedmia.attacks import ATTACKS
+    """A non-empty tuple of canonical attack specs (see `fedmia.attacks.spec`), each once."""
+    from fedmia.attacks.spec import parse_attack_specs
 
-    if not isinstance(attacks, tuple) or not attacks:
-        raise FedmiaError(f"--attacks must list at least one attack (choose from {', '.join(ATTACKS)}), "
-                          f"got {attacks!r}")
-    for position, name in enumerate(attacks):
-        if not isinstance(name, str) or name not in ATTACKS:
-            raise FedmiaError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-        if name in attacks[:position]:
-            raise FedmiaError(f"attack {name!r} is listed twice in --attacks; list each attack once")
+    if not isinstance(attacks, tuple) or not all(isinstance(a, str) for a in attacks):
+        raise FedmiaError(f"--attacks must be a comma list of attacks such as loss,rmia:refs=2, got {attacks!r}")
+    parse_attack_specs(attacks)
 
 
-def parse_attacks(text: str) -> tuple[str, ...]:
-    """`--attacks loss,confidence` -> the checked tuple of names."""
-    attacks = tuple(name.strip() for name in text.split(","))
-    if any(not name for name in attacks):
-        raise FedmiaError(f"--attacks {text!r} has an empty name; write e.g. --attacks loss,confidence")
-    check_attacks(attacks)
-    return attacks
+def parse_attacks(items: Any, source: str = "--attacks") -> tuple[str, ...]:
+    """`--attacks loss,rmia:refs=4`, a list of such strings, or `[[attack]]` tables -> the
+    checked tuple of canonical specs."""
+    from fedmia.attacks.spec import parse_attack_specs
+
+    return tuple(spec.label for spec in parse_attack_specs(items, source))
+
+
+def parse_names(text: Any, key: str) -> tuple[str, ...]:
+    """A comma list (flag or file string) or a TOML array of names."""
+    names = text.split(",") if isinstance(text, str) else text
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise FedmiaError(f"{flag_name(key)} must be a comma list of names, got {text!r}")
+    return tuple(name.strip() for name in names)
 
 
 def validate(config: RunConfig) -> None:
@@ -219,6 +242,11 @@ def validate(config: RunConfig) -> None:
             raise FedmiaError(f"unknown {kind} {name!r}; choose one of {', '.join(registry)}")
     for spec in config.defenses:
         spec.build()
+    if len(config.roles) != config.clients or any(role not in ROLES for role in config.roles):
+        raise FedmiaError(f"client roles must be one of {', '.join(ROLES)} for each of {config.clients} clients")
+    from fedmia.adversary import check_threat_models
+
+    check_threat_models(config)
 
 
 CLIENT_DP_MODES = ("off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
@@ -323,22 +351,40 @@ def _client_ids(selector: Any, num_clients: int) -> list[int]:
     return ids
 
 
-def defenses_from_groups(groups: Any, num_clients: int) -> tuple[DefenseSpec, ...]:
-    """`[[client]]` groups (ids, defense, parameters); clients in no group get no defense."""
+def group_role(group: dict[str, Any]) -> str:
+    """Pop a group's `role` ("honest" or "malicious") and, for a malicious one, its `attack`
+    ("passive", the default, or "active")."""
+    role, attack = group.pop("role", "honest"), group.pop("attack", None)
+    if role == "honest" and attack is None:
+        return "honest"
+    if role != "malicious":
+        raise FedmiaError(f"[[client]] role {role!r} is not honest or malicious; an attack = ... "
+                          "needs role = \"malicious\"")
+    attack = "passive" if attack is None else attack
+    if attack not in MALICIOUS_ATTACKS:
+        raise FedmiaError(f"[[client]] attack {attack!r} is not one of {', '.join(MALICIOUS_ATTACKS)}")
+    return f"malicious:{attack}"
+
+
+def clients_from_groups(groups: Any, num_clients: int) -> tuple[tuple[DefenseSpec, ...], tuple[str, ...]]:
+    """`[[client]]` groups (ids, defense, parameters, role) -> each client's defense and role;
+    clients in no group are honest and get no defense."""
     if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
         raise FedmiaError("client must be [[client]] tables, each with ids, defense and its parameters")
     specs: list[DefenseSpec | None] = [None] * num_clients
+    roles = ["honest"] * num_clients
     for group in groups:
         group = dict(group)
         if "ids" not in group:
             raise FedmiaError("every [[client]] group needs ids = \"0-4\" (or a list)")
         ids = _client_ids(group.pop("ids"), num_clients)
+        role = group_role(group)
         spec = client_spec(group.pop("defense", "none"), group)
         for client in ids:
             if specs[client] is not None:
                 raise FedmiaError(f"client {client} is in two [[client]] groups (or twice in one); give each client once")
-            specs[client] = spec
-    return tuple(spec or DefenseSpec() for spec in specs)
+            specs[client], roles[client] = spec, role
+    return tuple(spec or DefenseSpec() for spec in specs), tuple(roles)
 
 
 def _id_text(ids: list[int]) -> str:
@@ -352,11 +398,14 @@ def _id_text(ids: list[int]) -> str:
     return ",".join(f"{first}-{last}" if last > first else str(first) for first, last in runs)
 
 
-def group_defenses(defenses: tuple[DefenseSpec, ...]) -> list[dict[str, Any]]:
-    """Inverse of `defenses_from_groups`: one group per distinct spec, with exactly its clients."""
+def group_clients(defenses: tuple[DefenseSpec, ...], roles: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Inverse of `clients_from_groups`: one group per distinct (defense, role), with exactly
+    its clients."""
     groups: list[tuple[dict[str, Any], list[int]]] = []
-    for client, spec in enumerate(defenses):
+    for client, (spec, role) in enumerate(zip(defenses, roles)):
         body = {"defense": spec.name, **spec.params}
+        if role != "honest":
+            body.update(role="malicious", attack=role.partition(":")[2])
         match = next((ids for known, ids in groups if known == body), None)
         if match is None:
             groups.append((body, [client]))
@@ -365,11 +414,11 @@ def group_defenses(defenses: tuple[DefenseSpec, ...]) -> list[dict[str, Any]]:
     return [{"ids": _id_text(ids), **body} for body, ids in groups]
 
 
-_FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.name != "defenses"}
+_FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.name not in ("defenses", "roles")}
 #: The keys `RunConfig.to_toml` always writes (data_dir only when set): a run's config.toml
 #: without one of them was truncated or edited. attack_workers changes no result, so a run
 #: written before it existed stays valid.
-OPTIONAL_KEYS = ("data_dir", "attack_workers")
+OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", "keep_uploads")
 WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name not in OPTIONAL_KEYS) | {"client"}
 
 
@@ -405,10 +454,12 @@ def _normalize_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in data.items():
         name = _FILE_KEYS.get(key) or _FILE_KEYS.get(key.replace("_", "-"))
         if name is None:
-            valid = ", ".join([*sorted(_FILE_KEYS), *DEFENSE_KEYS, "client"])
+            valid = ", ".join([*sorted(_FILE_KEYS), *DEFENSE_KEYS, "client", "attack"])
             raise FedmiaError(f"unknown key {key!r} in {source}; valid keys: {valid}")
         if name == "attacks":
-            value = parse_attacks(value) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+            value = parse_attacks(value, f"attacks in {source}")
+        if name == "adversaries":
+            value = parse_names(value, name)
         settings[name] = value
     return settings
 
@@ -425,6 +476,11 @@ def resolve_config(file_data: dict[str, Any] | None, flags: dict[str, Any],
     defense keys) win over file groups."""
     file_data = dict(file_data or {})
     groups = file_data.pop("client", None)
+    attack_tables = file_data.pop("attack", None)
+    if attack_tables is not None:
+        if "attacks" in file_data:
+            raise FedmiaError("the config file has both attacks = [...] and [[attack]] tables; use one")
+        file_data["attacks"] = attack_tables if isinstance(attack_tables, list) else [attack_tables]
     defense = _file_defense(file_data)
     if defense and groups is not None:
         raise FedmiaError(f"the config file sets {', '.join(defense)} for every client and also has "
@@ -439,5 +495,5 @@ def resolve_config(file_data: dict[str, Any] | None, flags: dict[str, Any],
     if defense:
         settings["defenses"] = defenses_from_flags(defense.pop("defense", None), defense, clients)
     elif groups is not None:
-        settings["defenses"] = defenses_from_groups(groups, clients)
+        settings["defenses"], settings["roles"] = clients_from_groups(groups, clients)
     return RunConfig(**settings)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmia.attacks import AdversaryKnowledge, ShadowObservation, TargetModel, make_attack
+from fedmia.attacks import AdversaryKnowledge, Samples, ShadowObservation, TargetView, make_attack
 from fedmia.config import RunConfig
 from fedmia.errors import FedmiaError
 from fedmia.metrics import (
@@ -178,11 +178,12 @@ def attack_scope(run: PreparedRun, scope: str, target: nn.Module, knowledge: Adv
     indices, labels = balanced_eval_set(members, run.split.nonmembers, run.dataset.labels, rng)
     images, targets = run.images(indices), run.labels(indices)
     halves = split_halves(targets, labels, rng)
-    access = TargetModel(target, run.config.device)
+    access = TargetView(target, device=run.config.device)
+    samples = Samples(images, targets, indices)
     metrics, decisions, all_scores = {}, {}, {}
     for name in run.config.attacks:
         attack = make_attack(name).fit(knowledge)
-        scores = all_scores[name] = attack.score(access, images, targets)
+        scores = all_scores[name] = attack.score(access, samples)
         run.rundir.save_scores(scope, name, scores, labels, indices, halves)
         metrics[name] = membership_metrics(scores, labels, delta)
         decisions[name] = float((attack.decide(scores) == labels.astype(bool)).mean())
@@ -200,7 +201,7 @@ def attack_global(run: PreparedRun) -> ScopeResult:
     epochs = config.rounds * config.local_epochs
     shadow = train_shadow(run, run.new_model(), len(run.split.members), epochs,
                           round_seed(config.seed, 1_000_003))
-    knowledge = AdversaryKnowledge((shadow,), run.dataset.num_classes)
+    knowledge = AdversaryKnowledge(run.dataset.num_classes, (shadow,))
     members = run.split.members
     return attack_scope(run, GLOBAL_SCOPE, target, knowledge, members,
                         default_delta(len(members)), round_seed(config.seed, 1_000_004))
@@ -214,7 +215,7 @@ def attack_client(run: PreparedRun, client: int, upload_round: int, delta: float
     members = run.split.clients[client]
     shadow = train_shadow(run, start, len(members), config.local_epochs,
                           round_seed(config.seed, 2_000_003, client))
-    knowledge = AdversaryKnowledge((shadow,), run.dataset.num_classes)
+    knowledge = AdversaryKnowledge(run.dataset.num_classes, (shadow,))
     return attack_scope(run, client_scope(client), target, knowledge, members, delta,
                         round_seed(config.seed, 2_000_004, client))
 

@@ -99,7 +99,7 @@ def test_bad_flags_fail_before_anything_is_written(args, message, capfd, tmp_pat
     ('client = 5\n', "[[client]] tables"),
     ('epsilon = "abc"\ndefense = "dpsgd"\n', "epsilon='abc' is not a number"),
     ('rounds = "5"\n', "--rounds must be an integer"),
-    ('attacks = 3\n', "--attacks must list"),
+    ('attacks = 3\n', "attacks in the config file must list"),
 ])
 def test_bad_config_file_values_are_one_line(toml, message, capfd, tmp_path):
     args = ["simulate", "--config", write_toml(tmp_path, toml), "--out", str(tmp_path / "run")]

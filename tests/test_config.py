@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from fedmia.config import RunConfig, defenses_from_groups, resolve_config, spread
+from fedmia.config import RunConfig, clients_from_groups, resolve_config, spread
 from fedmia.defenses import DefenseSpec
 from fedmia.errors import FedmiaError
 
@@ -37,12 +37,12 @@ def test_infinite_epsilon_means_no_defense():
 
 
 def test_client_groups_from_file_and_the_rest_undefended():
-    specs = defenses_from_groups([{"ids": "0-1", "defense": "none"}, {"ids": [3], "defense": "none"}], 5)
-    assert specs == tuple(DefenseSpec("none", {}) for _ in range(5))
+    specs, roles = clients_from_groups([{"ids": "0-1", "defense": "none"}, {"ids": [3], "defense": "none"}], 5)
+    assert specs == tuple(DefenseSpec("none", {}) for _ in range(5)) and roles == ("honest",) * 5
     with pytest.raises(FedmiaError, match="two"):
-        defenses_from_groups([{"ids": "0-2"}, {"ids": "2"}], 5)
+        clients_from_groups([{"ids": "0-2"}, {"ids": "2"}], 5)
     with pytest.raises(FedmiaError, match="outside"):
-        defenses_from_groups([{"ids": "4-9"}], 5)
+        clients_from_groups([{"ids": "4-9"}], 5)
 
 
 def test_resolved_config_round_trips_through_its_toml():
@@ -86,7 +86,7 @@ def test_unknown_file_key_and_defense_are_reported():
 def test_reversed_empty_or_malformed_client_ranges_are_errors(ids):
     """`ids = "3-1"` used to select nobody: those clients silently trained without DP."""
     with pytest.raises(FedmiaError, match="client ids|select no client"):
-        defenses_from_groups([{"ids": ids, "defense": "dpsgd", "epsilon": 1.0}], 6)
+        clients_from_groups([{"ids": ids, "defense": "dpsgd", "epsilon": 1.0}], 6)
 
 
 def test_config_toml_records_exactly_the_groups_used():

@@ -1,31 +1,54 @@
 """Membership-inference attacks, by name. One module per attack family; `ATTACKS` is the
-registry the CLI and config files use."""
+registry the CLI and config files use, `AttackSpec` an attack with its parameters."""
 
 from __future__ import annotations
 
 from fedmia.attacks.base import (
+    ACCESSES,
+    LABELS,
+    OUTPUTS,
+    TRAJECTORY,
+    WHITE_BOX,
     AdversaryKnowledge,
     MembershipAttack,
+    OutputGranularity,
+    Parameter,
+    ReferenceModel,
+    ReferenceRequest,
+    RoundView,
+    Samples,
     ShadowObservation,
-    TargetModel,
+    TargetView,
 )
 from fedmia.attacks.metric import METRIC_ATTACKS
-from fedmia.errors import FedmiaError
+from fedmia.attacks.spec import AttackSpec, parse_attack_specs
 
-ATTACKS: dict[str, type[MembershipAttack]] = {cls.name: cls for cls in METRIC_ATTACKS}
+ATTACKS: dict[str, type[MembershipAttack]] = {cls.name: cls for cls in (*METRIC_ATTACKS,)}
 
 
-def make_attack(name: str) -> MembershipAttack:
-    if name not in ATTACKS:
-        raise FedmiaError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-    return ATTACKS[name]()
+def make_attack(text: str) -> MembershipAttack:
+    """An attack from its spec text (`loss`, `rmia:refs=4`), parameters checked."""
+    return AttackSpec.parse(text).build()
 
 
 __all__ = [
+    "ACCESSES",
     "ATTACKS",
+    "LABELS",
+    "OUTPUTS",
+    "TRAJECTORY",
+    "WHITE_BOX",
     "AdversaryKnowledge",
+    "AttackSpec",
     "MembershipAttack",
+    "OutputGranularity",
+    "Parameter",
+    "ReferenceModel",
+    "ReferenceRequest",
+    "RoundView",
+    "Samples",
     "ShadowObservation",
-    "TargetModel",
+    "TargetView",
     "make_attack",
+    "parse_attack_specs",
 ]

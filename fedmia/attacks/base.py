@@ -1,22 +1,55 @@
 """The interface every membership-inference attack implements.
 
 An attack is `fit` on the adversary's knowledge only (models it trained itself on its
-population pool, and what its threat model lets it observe), then `score`s samples against a
-target model: one score per sample, higher = more likely member (PROTOCOL.md). The fitted
-threshold turns scores into decisions the adversary would act on.
+population pool, reference models, its own data, and what its threat model lets it observe),
+then `score`s candidate samples against a target: one score per sample, higher = more likely
+member (PROTOCOL.md). The fitted threshold turns scores into decisions the adversary would act
+on.
+
+What an attack may do with a target is gated by access (`TargetView`): an attack declares the
+accesses it `requires`, and the adversary layer refuses up front to run it where its threat
+model does not grant them.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
+from scipy.special import log_softmax
 from sklearn.metrics import roc_curve
 from torch import nn
 
-from fedmia.training import predict_logits
+from fedmia.errors import FedmiaError
+from fedmia.training import TrainingPlan, predict_logits
+
+#: Predicted labels only (label-only attacks).
+LABELS = "labels"
+#: Output scores: full logits, or top-k posteriors where the querier's granularity says so.
+OUTPUTS = "outputs"
+#: The weights: per-sample gradients, activations.
+WHITE_BOX = "white-box"
+#: One model per round (with the model each round started from).
+TRAJECTORY = "trajectory"
+ACCESSES = (LABELS, OUTPUTS, WHITE_BOX, TRAJECTORY)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Records as arrays, with their dataset indices (which reference models trained on which
+    record is known by index)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray) -> Samples:
+        return Samples(self.images[rows], self.labels[rows], self.indices[rows])
 
 
 @dataclass(frozen=True)
@@ -29,27 +62,127 @@ class ShadowObservation:
 
 
 @dataclass(frozen=True)
+class ReferenceModel:
+    """A model the adversary trained the way the target was trained, on the records whose
+    dataset indices are `members` (sorted)."""
+
+    model: nn.Module
+    members: np.ndarray
+
+    def trained_on(self, indices: np.ndarray) -> np.ndarray:
+        """Per index: did this reference model train on it?"""
+        return np.isin(indices, self.members)
+
+
+@dataclass(frozen=True)
+class RoundView:
+    """One round of the target as the adversary saw it: the model the round started from, the
+    target's model after it, and (server only) the other clients' uploads of that round."""
+
+    server_round: int
+    start: nn.Module
+    model: nn.Module
+    others: tuple[nn.Module, ...] = ()
+
+
+@dataclass(frozen=True)
 class AdversaryKnowledge:
-    """Everything an attack may calibrate on. Never the target's membership labels."""
+    """Everything an attack may calibrate on. Never the target's membership labels.
 
-    shadows: tuple[ShadowObservation, ...]
+    `shadows` are labelled outputs of the adversary's own models (for thresholds and attack
+    classifiers); `references` are its reference models (LiRA, RMIA); `population` is its own
+    data pool; `own_data` are records it knows are members (a malicious client's data).
+    `plan` is how the target was trained, for attacks that train models of their own."""
+
     num_classes: int
+    shadows: tuple[ShadowObservation, ...] = ()
+    references: tuple[ReferenceModel, ...] = ()
+    population: Samples | None = None
+    own_data: Samples | None = None
+    plan: TrainingPlan = field(default_factory=TrainingPlan)
+    seed: int = 0
 
 
-class TargetModel:
-    """Query access to the attacked model; logits are computed once per input array."""
+@dataclass(frozen=True)
+class OutputGranularity:
+    """What a query returns: every logit (`top_k` None), the k largest posteriors, or nothing
+    but the label (`label_only`)."""
 
-    def __init__(self, model: nn.Module, device: str = "cpu") -> None:
-        self.model = model
+    top_k: int | None = None
+    label_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> OutputGranularity:
+        """`logits`, `top-k:N` or `label`."""
+        if text == "logits":
+            return cls()
+        if text == "label":
+            return cls(label_only=True)
+        if text.startswith("top-k:") and text[6:].isdigit() and int(text[6:]) >= 1:
+            return cls(top_k=int(text[6:]))
+        raise FedmiaError(f"querier output {text!r} is not one of logits, top-k:N (N >= 1), label; "
+                          "fix --querier-output")
+
+    def reveal(self, logits: np.ndarray) -> np.ndarray:
+        """What the querier sees, as logits: the top-k posteriors exactly, the rest of the
+        probability mass spread evenly over the hidden classes (softmax gives them back)."""
+        if self.top_k is None or self.top_k >= logits.shape[1]:
+            return logits
+        probs = np.exp(log_softmax(logits, axis=1))
+        hidden = np.argsort(-probs, axis=1, kind="stable")[:, self.top_k:]
+        rows = np.arange(len(logits))[:, None]
+        rest = 1.0 - (probs.sum(axis=1) - probs[rows, hidden].sum(axis=1))
+        probs[rows, hidden] = np.maximum(rest, 1e-300)[:, None] / hidden.shape[1]
+        return np.log(np.maximum(probs, 1e-300))
+
+
+class TargetView:
+    """What the adversary may do with one target model. Outputs are computed once per input
+    array; an access the adversary was not granted raises (a bug: the adversary layer checks
+    every attack's requirements before it runs)."""
+
+    def __init__(self, model: nn.Module, access: frozenset[str] = frozenset(ACCESSES), *,
+                 granularity: OutputGranularity = OutputGranularity(),
+                 rounds: tuple[RoundView, ...] = (), device: str = "cpu") -> None:
+        self._model = model
+        self.access = access
+        self.granularity = granularity
+        self._rounds = rounds
         self.device = device
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
+    def _require(self, access: str) -> None:
+        if access not in self.access:
+            raise PermissionError(f"this adversary has no {access} access to the target")
+
+    def _raw_logits(self, images: np.ndarray) -> np.ndarray:
         cached = self._cache.get(id(images))
         if cached is None or cached[0] is not images:
-            cached = (images, predict_logits(self.model, images, self.device))
+            cached = (images, predict_logits(self._model, images, self.device))
             self._cache[id(images)] = cached
         return cached[1]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """The target's outputs at the adversary's granularity, as logits."""
+        self._require(OUTPUTS)
+        if self.granularity.label_only:
+            raise PermissionError("this adversary sees labels only")
+        return self.granularity.reveal(self._raw_logits(images))
+
+    def predicted_labels(self, images: np.ndarray) -> np.ndarray:
+        if LABELS not in self.access:
+            self._require(OUTPUTS)
+        return self._raw_logits(images).argmax(axis=1)
+
+    @property
+    def model(self) -> nn.Module:
+        self._require(WHITE_BOX)
+        return self._model
+
+    @property
+    def rounds(self) -> tuple[RoundView, ...]:
+        self._require(TRAJECTORY)
+        return self._rounds
 
 
 def best_threshold(scores: np.ndarray, membership: np.ndarray) -> float:
@@ -62,22 +195,65 @@ def best_threshold(scores: np.ndarray, membership: np.ndarray) -> float:
     return float(thresholds[best])
 
 
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter an attack takes from its spec (`lira:refs=16`): default and valid range."""
+
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+
+    def check(self, attack: str, key: str, value: Any) -> Any:
+        kind = type(self.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise FedmiaError(f"attack {attack!r} parameter {key} must be a {kind.__name__}, got {value!r}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise FedmiaError(f"attack {attack!r} parameter {key}={value!r} is outside "
+                              f"[{self.low}, {self.high}]; pick a value in that range")
+        return value
+
+
+@dataclass(frozen=True)
+class ReferenceRequest:
+    """Reference models an attack needs: how many, and whether online (the candidates are IN
+    for half of them) or offline (trained on the population only)."""
+
+    count: int
+    online: bool
+
+
 class MembershipAttack(ABC):
-    """One attack: fit on the adversary's knowledge, then score target samples."""
+    """One attack: parameters checked at construction, fit on the adversary's knowledge, then
+    score target samples."""
 
     name: ClassVar[str]
-    #: What the attack needs of the target: "black-box" (outputs) or "white-box" (weights).
-    access: ClassVar[str] = "black-box"
+    #: The accesses to the target the attack needs (see ACCESSES).
+    requires: ClassVar[frozenset[str]] = frozenset({OUTPUTS})
+    #: Parameters it accepts from its spec, by key.
+    parameters: ClassVar[dict[str, Parameter]] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            accepted = ", ".join(self.parameters) or "none"
+            raise FedmiaError(f"attack {self.name!r} has no parameter {unknown[0]!r} (accepted: {accepted})")
+        self.params = {key: spec.check(self.name, key, params.get(key, spec.default))
+                       for key, spec in self.parameters.items()}
         self.threshold: float | None = None
+
+    def references_needed(self) -> ReferenceRequest | None:
+        """The reference models `fit` expects in the knowledge; None for none."""
+        return None
 
     @abstractmethod
     def fit(self, knowledge: AdversaryKnowledge) -> MembershipAttack:
         """Calibrate on the adversary's own models and data; returns self."""
 
     @abstractmethod
-    def score(self, target: TargetModel, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def score(self, target: TargetView, samples: Samples) -> np.ndarray:
         """One membership score per sample, higher = more likely member."""
 
     def decide(self, scores: np.ndarray) -> np.ndarray:

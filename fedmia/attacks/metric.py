@@ -14,7 +14,14 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import log_softmax, logsumexp
 
-from fedmia.attacks.base import AdversaryKnowledge, MembershipAttack, TargetModel, best_threshold
+from fedmia.attacks.base import (
+    LABELS,
+    AdversaryKnowledge,
+    MembershipAttack,
+    Samples,
+    TargetView,
+    best_threshold,
+)
 
 
 class MetricAttack(MembershipAttack):
@@ -31,15 +38,15 @@ class MetricAttack(MembershipAttack):
         self.threshold = best_threshold(scores, membership)
         return self
 
-    def score(self, target: TargetModel, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return self.signal(target.logits(images), labels)
+    def score(self, target: TargetView, samples: Samples) -> np.ndarray:
+        return self.signal(target.logits(samples.images), samples.labels)
 
 
-def _log_probs(logits: np.ndarray) -> np.ndarray:
+def log_probs(logits: np.ndarray) -> np.ndarray:
     return log_softmax(logits, axis=1)
 
 
-def _log_odds(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+def log_odds(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """log(p_c / (1 - p_c)) = z_c - logsumexp_{j != c} z_j, for one class c per row. Unlike
     log_softmax it keeps its precision when p_c rounds to 1 (margins above ~37 nats), where the
     most member-like samples would otherwise all tie."""
@@ -50,19 +57,19 @@ def _log_odds(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return logits[rows, classes] - logsumexp(others, axis=1)
 
 
-def _log_prob_of(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+def log_prob_of(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """log p_c for one class per row, exact also where p_c rounds to 1."""
-    return -np.logaddexp(0.0, -_log_odds(logits, classes))
+    return -np.logaddexp(0.0, -log_odds(logits, classes))
 
 
 def _log_one_minus_probs(logits: np.ndarray) -> np.ndarray:
     """log(1 - p_i) for every class without cancellation: every class but the top one has
     p_i <= 1/2, where log1p(-p_i) is exact; the top one comes from its log-odds."""
     rows, top = np.arange(len(logits)), logits.argmax(axis=1)
-    probs = np.exp(_log_probs(logits))
+    probs = np.exp(log_probs(logits))
     probs[rows, top] = 0.0
     result = np.log1p(-probs)
-    result[rows, top] = -np.logaddexp(0.0, _log_odds(logits, top))
+    result[rows, top] = -np.logaddexp(0.0, log_odds(logits, top))
     return result
 
 
@@ -72,7 +79,7 @@ class LossAttack(MetricAttack):
     @staticmethod
     def signal(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Negative cross-entropy loss: members are fitted better."""
-        return _log_prob_of(logits, labels)
+        return log_prob_of(logits, labels)
 
 
 class ConfidenceAttack(MetricAttack):
@@ -81,7 +88,7 @@ class ConfidenceAttack(MetricAttack):
     @staticmethod
     def signal(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Largest posterior, label-free."""
-        return np.exp(_log_probs(logits)).max(axis=1)
+        return np.exp(log_probs(logits)).max(axis=1)
 
 
 class EntropyAttack(MetricAttack):
@@ -90,8 +97,8 @@ class EntropyAttack(MetricAttack):
     @staticmethod
     def signal(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Negative prediction entropy: members get sharper predictions."""
-        log_probs = _log_probs(logits)
-        return (np.exp(log_probs) * log_probs).sum(axis=1)
+        logp = log_probs(logits)
+        return (np.exp(logp) * logp).sum(axis=1)
 
 
 class ModifiedEntropyAttack(MetricAttack):
@@ -104,8 +111,8 @@ class ModifiedEntropyAttack(MetricAttack):
         Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)."""
         rows = np.arange(len(labels))
         log_one_minus = _log_one_minus_probs(logits)
-        true_term = -np.exp(log_one_minus[rows, labels]) * _log_prob_of(logits, labels)
-        other_probs = np.exp(_log_probs(logits))
+        true_term = -np.exp(log_one_minus[rows, labels]) * log_prob_of(logits, labels)
+        other_probs = np.exp(log_probs(logits))
         other_probs[rows, labels] = 0.0
         others = -(other_probs * log_one_minus).sum(axis=1)
         return -(true_term + others)
@@ -113,6 +120,11 @@ class ModifiedEntropyAttack(MetricAttack):
 
 class CorrectnessAttack(MetricAttack):
     name: ClassVar[str] = "correctness"
+    requires: ClassVar[frozenset[str]] = frozenset({LABELS})
+
+    def score(self, target: TargetView, samples: Samples) -> np.ndarray:
+        """Needs the predicted label only, so it runs against a label-only querier too."""
+        return (target.predicted_labels(samples.images) == samples.labels).astype(np.float64)
 
     @staticmethod
     def signal(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

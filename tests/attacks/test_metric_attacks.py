@@ -8,7 +8,7 @@ import pytest
 from scipy.special import softmax
 from torch import nn
 
-from fedmia.attacks import ATTACKS, AdversaryKnowledge, ShadowObservation, TargetModel, make_attack
+from fedmia.attacks import ATTACKS, AdversaryKnowledge, Samples, ShadowObservation, TargetView, make_attack
 from fedmia.attacks.base import best_threshold
 from fedmia.attacks.metric import LossAttack, ModifiedEntropyAttack
 from fedmia.data import load_dataset
@@ -127,7 +127,7 @@ def test_an_attack_decides_only_after_it_is_fit():
         attack.decide(np.zeros(3))
     logits = np.log(np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]]))
     shadow = ShadowObservation(logits, labels=np.zeros(3, dtype=int), membership=np.array([1, 0, 0]))
-    attack.fit(AdversaryKnowledge((shadow,), 2))
+    attack.fit(AdversaryKnowledge(2, (shadow,)))
     assert attack.threshold == pytest.approx(np.log(0.9))
     assert attack.decide(np.log(np.array([0.95, 0.5]))).tolist() == [True, False]
 
@@ -136,7 +136,7 @@ def test_target_model_computes_logits_once_per_array():
     calls = []
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     model.register_forward_hook(lambda *_: calls.append(1))
-    target, images = TargetModel(model), np.ones((3, 1, 2, 2), dtype=np.float32)
+    target, images = TargetView(model), np.ones((3, 1, 2, 2), dtype=np.float32)
     first = target.logits(images)
     assert target.logits(images) is first and len(calls) == 1
     target.logits(images.copy())
@@ -167,7 +167,7 @@ def knowledge(digits) -> AdversaryKnowledge:
     membership = np.r_[np.ones(len(inside)), np.zeros(len(outside))].astype(int)
     logits = predict_logits(shadow, digits.images[indices])
     observation = ShadowObservation(logits, digits.labels[indices], membership)
-    return AdversaryKnowledge((observation,), 10)
+    return AdversaryKnowledge(10, (observation,))
 
 
 def loss_attack_on(model: nn.Module, digits, members: np.ndarray, nonmembers: np.ndarray,
@@ -175,7 +175,8 @@ def loss_attack_on(model: nn.Module, digits, members: np.ndarray, nonmembers: np
     """(AUC, accuracy of the shadow-fitted threshold's decisions) on a balanced set."""
     attack = make_attack("loss").fit(knowledge)
     indices = np.concatenate([members, nonmembers])
-    scores = attack.score(TargetModel(model), digits.images[indices], digits.labels[indices])
+    samples = Samples(digits.images[indices], digits.labels[indices], indices)
+    scores = attack.score(TargetView(model), samples)
     labels = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))].astype(int)
     decisions_correct = float((attack.decide(scores) == labels.astype(bool)).mean())
     return membership_metrics(scores, labels, 1e-3).auc, decisions_correct
