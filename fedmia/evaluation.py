@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmia.adversary.candidates import balanced_eval_set
 from fedmia.attacks import AdversaryKnowledge, Samples, ShadowObservation, TargetView, make_attack
 from fedmia.config import RunConfig
 from fedmia.errors import FedmiaError
@@ -100,29 +101,6 @@ class ScopeResult:
             "attacks": {name: {**m.to_dict(), "threshold_accuracy": self.threshold_accuracy[name]}
                         for name, m in self.attacks.items()},
         }
-
-
-def balanced_eval_set(members: np.ndarray, nonmember_pool: np.ndarray, labels: np.ndarray,
-                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, membership) with equally many members and non-members *per class*.
-
-    Non-members must come from the members' distribution: a client that holds two classes,
-    compared with non-members of all ten, would be "detected" by its label skew alone. So for
-    every class, as many members as non-members of that class are drawn (the smaller count).
-    """
-    chosen_members, chosen_nonmembers = [], []
-    for label in np.unique(labels[members]):
-        in_class = members[labels[members] == label]
-        pool_class = nonmember_pool[labels[nonmember_pool] == label]
-        size = min(len(in_class), len(pool_class))
-        chosen_members.append(rng.choice(in_class, size, replace=False))
-        chosen_nonmembers.append(rng.choice(pool_class, size, replace=False))
-    member_part = np.sort(np.concatenate(chosen_members))
-    nonmember_part = np.sort(np.concatenate(chosen_nonmembers))
-    indices = np.concatenate([member_part, nonmember_part])
-    membership = np.concatenate([np.ones(len(member_part), dtype=np.int64),
-                                 np.zeros(len(nonmember_part), dtype=np.int64)])
-    return indices, membership
 
 
 def split_halves(classes: np.ndarray, membership: np.ndarray, rng: np.random.Generator) -> np.ndarray:
