@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedmia.config import (MAX_BATCH_SIZE, MAX_CLIENTS, MAX_LOCAL_EPOCHS, MAX_ROUNDS, NUMERIC_KEYS,
-                           RunConfig, load_toml, parse_attacks, resolve_config)
+                           RunConfig, load_toml, parse_attacks, parse_names, resolve_config)
 from fedmia.errors import FedmiaError
 from fedmia.rundir import RunDirectory
 
@@ -37,7 +37,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in fields(RunConfig) if f.name != "defenses"}
+    return {f.name: f.default for f in fields(RunConfig) if f.name not in ("defenses", "roles")}
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     flag("--client-cpus", type=float, help=f"CPUs per Ray client actor (default: {d['client_cpus']})")
     flag("--client-gpus", type=float, help=f"GPU fraction per Ray client actor, for --device cuda "
                                            f"(default: {d['client_gpus']})")
-    flag("--attacks", help="comma list of attacks (default: " + ",".join(d["attacks"]) + ")")
+    flag("--attacks", help="comma list of attacks, each name[:key=value...], e.g. loss,rmia:refs=4 "
+                           "(default: " + ",".join(d["attacks"]) + ")")
+    _add_adversary_flags(parser)
+    flag("--keep-uploads", help="uploads the server keeps for trajectory attacks: all, last or every:N "
+                                f"(default: {d['keep_uploads']})")
     flag("--defense", help="local defense for every client: none, dpsgd, ladp, ... (default: none)")
     for name, text in DEFENSE_PARAM_FLAGS.items():
         flag(f"--{name}", help=text)
@@ -87,6 +91,15 @@ def _add_attack_workers_flag(parser: argparse.ArgumentParser) -> None:
                              f"per CPU, 1 = serial (default: {_defaults()['attack_workers']})")
 
 
+def _add_adversary_flags(parser: argparse.ArgumentParser) -> None:
+    d = _defaults()
+    parser.add_argument("--adversaries", help="comma list: server (always), querier; malicious clients come "
+                                              "from [[client]] role = \"malicious\" "
+                                              f"(default: {','.join(d['adversaries'])})")
+    parser.add_argument("--querier-output", help="what the querier sees per query: logits, top-k:N or label "
+                                                 f"(default: {d['querier_output']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m fedmia", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -96,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "saved models (e.g. after it failed or with other attacks)")
     attack.add_argument("run_dir", type=Path, help="a run directory whose training finished")
     attack.add_argument("--attacks", help="comma list of attacks (default: the run's own)")
+    _add_adversary_flags(attack)
     _add_attack_workers_flag(attack)
     check = commands.add_parser("check", help="recompute every attack number of a run from its files")
     check.add_argument("run_dir", type=Path, help="a run directory written by simulate")
@@ -105,11 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     file_data = load_toml(args.config) if args.config else None
     flags = {name: getattr(args, name, None) for name in _defaults()}
-    if args.attacks is not None:
-        flags["attacks"] = parse_attacks(args.attacks)
+    flags.update(attack_flags(args))
     params = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
               for name in DEFENSE_PARAM_FLAGS if getattr(args, name.replace("-", "_")) is not None}
     return resolve_config(file_data, flags, args.defense, params)
+
+
+def attack_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The attack-phase settings given as flags (simulate and attack share them)."""
+    flags: dict[str, Any] = {}
+    if args.attacks is not None:
+        flags["attacks"] = parse_attacks(args.attacks)
+    if args.adversaries is not None:
+        flags["adversaries"] = parse_names(args.adversaries, "adversaries")
+    if args.querier_output is not None:
+        flags["querier_output"] = args.querier_output
+    return flags
 
 
 def run_simulate(args: argparse.Namespace) -> None:
@@ -126,12 +151,11 @@ def run_attack(args: argparse.Namespace) -> None:
     from fedmia.evaluation import reattack
     from fedmia.summary import print_summary
 
-    attacks = parse_attacks(args.attacks) if args.attacks is not None else None
     if args.attack_workers is not None:
         NUMERIC_KEYS["attack_workers"].check("attack_workers", args.attack_workers)
     rundir = RunDirectory(args.run_dir)
     rundir.verify_trained()
-    results = reattack(args.run_dir, attacks, args.attack_workers)
+    results = reattack(args.run_dir, attack_flags(args), args.attack_workers)
     rundir.remove_stale_scores(results)
     print_summary(results)
 

@@ -41,12 +41,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from fedmia.adversary import adversaries_running, check_threat_models, threat_models
 from fedmia.adversary.candidates import balanced_eval_set
-from fedmia.attacks import AdversaryKnowledge, Samples, ShadowObservation, TargetView, make_attack
+from fedmia.adversary.references import reference_bank
+from fedmia.adversary.scopes import (
+    GLOBAL_SCOPE,
+    ScopeSetup,
+    ScopeTask,
+    client_scope,
+    malicious_scope,
+    setup_scope,
+    train_shadow,
+)
+from fedmia.adversary.threats import QUERIER, SERVER, malicious_clients
+from fedmia.attacks import AttackSpec, ReferenceModel, Samples, parse_attack_specs
 from fedmia.config import RunConfig
-from fedmia.errors import FedmiaError
 from fedmia.metrics import (
     BOUND_HALF,
     SELECTION_HALF,
@@ -55,20 +65,18 @@ from fedmia.metrics import (
     held_out_bound,
     membership_metrics,
 )
+from fedmia.errors import FedmiaError
 from fedmia.privacy import default_delta
-from fedmia.rundir import FINAL_GLOBAL_MODEL, RunDirectory, client_model_name, global_round_name
+from fedmia.rundir import FINAL_GLOBAL_MODEL, RunDirectory
 from fedmia.run import PreparedRun, load_prepared_run, round_seed
-from fedmia.training import accuracy, predict_logits, train_epochs
+from fedmia.training import accuracy
 
-GLOBAL_SCOPE = "global"
+__all__ = ["GLOBAL_SCOPE", "ScopeTask", "balanced_eval_set", "client_scope", "evaluate_privacy",
+           "malicious_scope", "reattack", "split_halves", "train_shadow"]
 #: How long a stopped attack worker is given to exit after SIGTERM.
 WORKER_EXIT_S = 2.0
 #: How often an attack worker checks that its driver is still there.
 DRIVER_CHECK_S = 1.0
-
-
-def client_scope(client: int) -> str:
-    return f"client:{client}"
 
 
 @dataclass(frozen=True)
@@ -78,11 +86,16 @@ class ScopeResult:
     lower bound, whose attack was chosen on the selection half only."""
 
     scope: str
+    adversary: str
     train_accuracy: float
     test_accuracy: float
     attacks: dict[str, AttackMetrics]
     threshold_accuracy: dict[str, float]
     bound: HeldOutBound
+    #: Seconds of each attack (fit and score), and of the shadow model and reference models.
+    attack_seconds: dict[str, float]
+    setup_seconds: dict[str, float]
+    references_cached: bool
 
     @property
     def strongest(self) -> str:
@@ -91,6 +104,7 @@ class ScopeResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "scope": self.scope,
+            "adversary": self.adversary,
             "train_accuracy": self.train_accuracy,
             "test_accuracy": self.test_accuracy,
             "generalization_gap": self.train_accuracy - self.test_accuracy,
@@ -98,8 +112,10 @@ class ScopeResult:
             "eps_lower_bound": self.bound.eps_lower_bound,
             "eps_bound": self.bound.to_dict(),
             "eps_lower_bound_optimistic": max(m.eps_lower_bound_optimistic for m in self.attacks.values()),
-            "attacks": {name: {**m.to_dict(), "threshold_accuracy": self.threshold_accuracy[name]}
+            "attacks": {name: {**m.to_dict(), "threshold_accuracy": self.threshold_accuracy[name],
+                               "seconds": self.attack_seconds[name]}
                         for name, m in self.attacks.items()},
+            "seconds": {**self.setup_seconds, "references_cached": self.references_cached},
         }
 
 
@@ -125,77 +141,60 @@ def split_halves(classes: np.ndarray, membership: np.ndarray, rng: np.random.Gen
     return halves
 
 
-def _shadow_observation(run: PreparedRun, model: nn.Module, shadow_in: np.ndarray,
-                        shadow_out: np.ndarray) -> ShadowObservation:
-    indices = np.concatenate([shadow_in, shadow_out])
-    logits = predict_logits(model, run.images(indices), run.config.device)
-    if not np.isfinite(logits).all():
-        raise FedmiaError(f"the adversary's shadow model diverged (non-finite outputs) when trained like "
-                          f"the clients (lr {run.config.lr:g}, batch size {run.config.batch_size}), so "
-                          "no attack can be calibrated; rerun with a smaller --lr or a larger --batch-size")
-    membership = np.concatenate([np.ones(len(shadow_in)), np.zeros(len(shadow_out))]).astype(int)
-    return ShadowObservation(logits, run.labels(indices), membership)
+def scope_attacks(run: PreparedRun, adversary: str) -> list[AttackSpec]:
+    """The configured attacks that `adversary` runs (see `adversaries_running`)."""
+    models = threat_models(run.config.adversaries, run.config.roles, run.config.querier_output)
+    return [spec for spec in parse_attack_specs(run.config.attacks)
+            if adversary in {model.name for model in adversaries_running(spec, models)}]
 
 
-def train_shadow(run: PreparedRun, start: nn.Module, size: int, epochs: int, seed: int) -> ShadowObservation:
-    """Train `start` on `size` population samples; the rest of the pool are its non-members."""
-    rng = np.random.default_rng(seed)
-    population = rng.permutation(run.split.population)
-    size = min(size, len(population) // 2)
-    shadow_in, shadow_out = population[:size], population[size:]
-    torch.manual_seed(seed)
-    train_epochs(start, run.images(shadow_in), run.labels(shadow_in), run.plan, seed, epochs=epochs)
-    return _shadow_observation(run, start, shadow_in, shadow_out)
+def reference_banks(run: PreparedRun, task: ScopeTask, setup: ScopeSetup,
+                    attacks: list) -> tuple[dict[bool, tuple[ReferenceModel, ...]], float, bool]:
+    """The reference models the attacks ask for: one bank per kind (online, offline) with as
+    many models as the most demanding attack wants; each attack gets the first ones it asks
+    for. Returns (banks, seconds, whether every bank came from the cache)."""
+    wanted: dict[bool, int] = {}
+    for attack in attacks:
+        request = attack.references_needed()
+        if request is not None:
+            wanted[request.online] = max(wanted.get(request.online, 0), request.count)
+    started, cached = time.perf_counter(), True
+    banks = {}
+    for online, count in sorted(wanted.items()):
+        seed = round_seed(setup.knowledge.seed, 7_000_001, int(online))
+        banks[online], hit = reference_bank(run, task.scope, setup.recipe, setup.candidates, count, online, seed)
+        cached = cached and hit
+    return banks, time.perf_counter() - started, cached and bool(wanted)
 
 
-def attack_scope(run: PreparedRun, scope: str, target: nn.Module, knowledge: AdversaryKnowledge,
-                 members: np.ndarray, delta: float, seed: int) -> ScopeResult:
-    """Fit every configured attack on `knowledge`, score the balanced set, save the scores,
-    bound epsilon on the held-out half, and measure the target's train and test accuracy."""
-    rng = np.random.default_rng(seed)
-    indices, labels = balanced_eval_set(members, run.split.nonmembers, run.dataset.labels, rng)
-    images, targets = run.images(indices), run.labels(indices)
-    halves = split_halves(targets, labels, rng)
-    access = TargetView(target, device=run.config.device)
-    samples = Samples(images, targets, indices)
-    metrics, decisions, all_scores = {}, {}, {}
-    for name in run.config.attacks:
-        attack = make_attack(name).fit(knowledge)
-        scores = all_scores[name] = attack.score(access, samples)
-        run.rundir.save_scores(scope, name, scores, labels, indices, halves)
-        metrics[name] = membership_metrics(scores, labels, delta)
-        decisions[name] = float((attack.decide(scores) == labels.astype(bool)).mean())
-    device = run.config.device
-    train_accuracy = accuracy(target, run.images(members), run.labels(members), device)
-    test_accuracy = accuracy(target, run.images(run.split.test), run.labels(run.split.test), device)
-    return ScopeResult(scope, train_accuracy, test_accuracy, metrics, decisions,
-                       held_out_bound(all_scores, labels, halves, delta))
-
-
-def attack_global(run: PreparedRun) -> ScopeResult:
-    """The final global model against the union of all clients' data."""
-    config = run.config
-    target = run.model_from_state(run.rundir.load_model(FINAL_GLOBAL_MODEL))
-    epochs = config.rounds * config.local_epochs
-    shadow = train_shadow(run, run.new_model(), len(run.split.members), epochs,
-                          round_seed(config.seed, 1_000_003))
-    knowledge = AdversaryKnowledge(run.dataset.num_classes, (shadow,))
-    members = run.split.members
-    return attack_scope(run, GLOBAL_SCOPE, target, knowledge, members,
-                        default_delta(len(members)), round_seed(config.seed, 1_000_004))
-
-
-def attack_client(run: PreparedRun, client: int, upload_round: int, delta: float) -> ScopeResult:
-    """Client `client`'s last upload (sent in `upload_round`) against its own data."""
-    config = run.config
-    target = run.model_from_state(run.rundir.load_model(client_model_name(client)))
-    start = run.model_from_state(run.rundir.load_model(global_round_name(upload_round - 1)))
-    members = run.split.clients[client]
-    shadow = train_shadow(run, start, len(members), config.local_epochs,
-                          round_seed(config.seed, 2_000_003, client))
-    knowledge = AdversaryKnowledge(run.dataset.num_classes, (shadow,))
-    return attack_scope(run, client_scope(client), target, knowledge, members, delta,
-                        round_seed(config.seed, 2_000_004, client))
+def attack_scope(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]]) -> ScopeResult:
+    """Fit every attack its adversary runs on the adversary's knowledge, score the balanced
+    candidate set, save the scores, bound epsilon on the held-out half, and measure the
+    target's train and test accuracy."""
+    setup = setup_scope(run, task, records)
+    indices, labels = setup.candidates, setup.membership
+    samples = Samples(run.images(indices), run.labels(indices), indices)
+    halves = split_halves(samples.labels, labels, setup.rng)
+    specs = scope_attacks(run, task.adversary)
+    attacks = [spec.build() for spec in specs]
+    banks, reference_seconds, cached = reference_banks(run, task, setup, attacks)
+    metrics, decisions, all_scores, seconds = {}, {}, {}, {}
+    for spec, attack in zip(specs, attacks):
+        started = time.perf_counter()
+        request = attack.references_needed()
+        references = banks[request.online][:request.count] if request else ()
+        attack.fit(replace(setup.knowledge, references=references))
+        scores = all_scores[spec.label] = attack.score(setup.target, samples)
+        seconds[spec.label] = time.perf_counter() - started
+        run.rundir.save_scores(task.scope, spec.label, scores, labels, indices, halves)
+        metrics[spec.label] = membership_metrics(scores, labels, setup.delta)
+        decisions[spec.label] = float((attack.decide(scores) == labels.astype(bool)).mean())
+    model, device = setup.model, run.config.device
+    train_accuracy = accuracy(model, run.images(setup.members), run.labels(setup.members), device)
+    test_accuracy = accuracy(model, run.images(run.split.test), run.labels(run.split.test), device)
+    return ScopeResult(task.scope, task.adversary, train_accuracy, test_accuracy, metrics, decisions,
+                       held_out_bound(all_scores, labels, halves, setup.delta), seconds,
+                       {"shadow": setup.shadow_seconds, "references": reference_seconds}, cached)
 
 
 def last_client_reports(run: PreparedRun) -> dict[int, dict[str, Any]]:
@@ -221,29 +220,6 @@ def client_row(run: PreparedRun, client: int, report: dict[str, Any] | None,
             "stopped": bool(report.get("stopped_later")), **(scope.to_dict() if scope else {})}
 
 
-@dataclass(frozen=True)
-class ScopeTask:
-    """One scope to attack: `global` (client None) or a client's last upload, sent in
-    `upload_round`, attacked at that client's `delta`. Plain values, so it pickles."""
-
-    scope: str
-    client: int | None = None
-    upload_round: int = 0
-    delta: float = 0.0
-
-
-def scope_tasks(run: PreparedRun, reports: dict[int, dict[str, Any]]) -> list[ScopeTask]:
-    """`global`, then every client that uploaded a model, in client order (the serial order)."""
-    tasks = [ScopeTask(GLOBAL_SCOPE)]
-    for client in range(run.config.clients):
-        report = reports.get(client)
-        if report is not None:
-            privacy = report.get("privacy") or {}
-            delta = privacy.get("delta") or default_delta(len(run.split.clients[client]))
-            tasks.append(ScopeTask(client_scope(client), client, report["round"], delta))
-    return tasks
-
-
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
     """Float reductions depend on torch's thread count: every scope runs on one thread, in the
@@ -256,11 +232,29 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def scope_tasks(run: PreparedRun, reports: dict[int, dict[str, Any]]) -> list[ScopeTask]:
+    """The server's scopes (`global`, then every client that uploaded a model, in client
+    order), then the querier's, then each malicious client's."""
+    config = run.config
+    tasks = []
+    if SERVER in config.adversaries:
+        tasks.append(ScopeTask(GLOBAL_SCOPE))
+        for client in range(config.clients):
+            report = reports.get(client)
+            if report is not None:
+                privacy = report.get("privacy") or {}
+                delta = privacy.get("delta") or default_delta(len(run.split.clients[client]))
+                tasks.append(ScopeTask(client_scope(client), SERVER, client, report["round"], delta))
+    if QUERIER in config.adversaries:
+        tasks.append(ScopeTask(QUERIER, QUERIER))
+    for client in malicious_clients(config.roles):
+        tasks.append(ScopeTask(malicious_scope(client), f"client:{client}", client))
+    return tasks
+
+
 def attack_task(run: PreparedRun, task: ScopeTask) -> ScopeResult:
     with one_torch_thread():
-        if task.client is None:
-            return attack_global(run)
-        return attack_client(run, task.client, task.upload_round, task.delta)
+        return attack_scope(run, task, run.rundir.read_metrics())
 
 
 def available_cpus() -> int:
@@ -376,24 +370,27 @@ def attack_scopes(run: PreparedRun, tasks: list[ScopeTask], notify: Callable[[st
 
 def evaluate_privacy(run: PreparedRun, on_scope: Callable[[str], None] | None = None,
                      workers: int | None = None) -> dict[str, Any]:
-    """Attack the global model and every client's last upload; the `global` and `clients`
-    tables of results.json. `on_scope(scope)` is called as each scope starts and may raise to
+    """Attack every scope of every adversary; the `global`, `clients` (the server's scopes)
+    and `adversaries` (the querier's and malicious clients' scopes) tables of results.json. `on_scope(scope)` is called as each scope starts and may raise to
     stop the phase; `workers` (default: the config's `attack_workers`, 0 = one per CPU) attack
     scopes in parallel, with the same results as one."""
     reports = last_client_reports(run)
     tasks = scope_tasks(run, reports)
     count = worker_count(run.config.attack_workers if workers is None else workers, len(tasks))
     results = attack_scopes(run, tasks, on_scope or (lambda scope: None), count)
-    by_client = {task.client: result for task, result in zip(tasks, results) if task.client is not None}
+    by_client = {task.client: result for task, result in zip(tasks, results)
+                 if task.adversary == SERVER and task.client is not None}
     rows = [client_row(run, client, reports.get(client), by_client.get(client))
             for client in range(run.config.clients)]
-    return {"global": results[0].to_dict(), "clients": rows}
+    others = {task.scope: result.to_dict() for task, result in zip(tasks, results) if task.adversary != SERVER}
+    return {"global": results[0].to_dict(), "clients": rows, "adversaries": others}
 
 
-def reattack(path: Path, attacks: tuple[str, ...] | None = None,
+def reattack(path: Path, overrides: dict[str, Any] | None = None,
              workers: int | None = None) -> dict[str, Any]:
-    """The attack phase and report again, from a run directory whose training finished;
-    `workers` as in `evaluate_privacy`."""
+    """The attack phase and report again, from a run directory whose training finished, with
+    the attack settings in `overrides` (attacks, adversaries, querier_output) replacing the
+    run's own; `workers` as in `evaluate_privacy`."""
     from fedmia.report import write_outputs
     from fedmia.timing import RunTimer
 
@@ -401,8 +398,10 @@ def reattack(path: Path, attacks: tuple[str, ...] | None = None,
         raise FedmiaError(f"{path} has no final global model; only a run whose training "
                           "finished can be attacked again")
     run = load_prepared_run(str(path))
-    if attacks:
-        run = replace(run, config=replace(run.config, attacks=attacks))
+    if overrides:
+        config = replace(run.config, **overrides)
+        check_threat_models(config)
+        run = replace(run, config=config)
         run.rundir.write_text("config.toml", run.config.to_toml())
     timer = RunTimer()
     with timer.phase("attacks"):

@@ -1,6 +1,7 @@
 """What the honest-but-curious server sees, written down as it happens.
 
-The server-side adversary observes every client upload (saved as that client's latest model)
+The server-side adversary observes every client upload (saved as that client's latest model,
+and per round as far as the `keep_uploads` policy keeps them, for trajectory attacks)
 and every client report; after each round the recorder evaluates the new global model on the
 test pool, saves it, and appends one line to metrics.jsonl, so a run killed mid-way keeps
 every finished round.
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from fedmia.errors import FedmiaError
-from fedmia.rundir import client_model_name, global_round_name
+from fedmia.adversary.uploads import KeepPolicy
+from fedmia.rundir import client_model_name, global_round_name, upload_name
 from fedmia.run import PreparedRun
 from fedmia.training import predict_logits
 
@@ -75,6 +77,7 @@ class RoundRecorder:
         self.latest_global = self.reference
         self.test_images = run.images(run.split.test)
         self.test_labels = run.labels(run.split.test)
+        self.keep = KeepPolicy.parse(run.config.keep_uploads)
         self._reports: list[dict[str, Any]] = []
         self._problems: list[dict[str, Any]] = []
 
@@ -89,6 +92,8 @@ class RoundRecorder:
         self._reports.append(report)
         if not report.get("stopped"):
             self.run.rundir.save_model(client_model_name(client), state)
+            if self.keep.keeps(server_round):
+                self.run.rundir.save_model(upload_name(client, server_round), state)
         return True
 
     def record_problem(self, server_round: int, client: int | None, reason: str) -> None:

@@ -6,6 +6,8 @@
       metrics.jsonl               one line per finished round, appended as it finishes
       models/global_round_NNN.safetensors, models/global_final.safetensors
       models/client_KKK.safetensors   each client's last upload, as the server saw it
+      models/client_KKK_round_RRR.safetensors   every upload the keep policy keeps (keep_uploads)
+      references/<scope>-<key>.safetensors      the adversary's reference models, by content key
       scores/<scope>__<attack>.npz    per-sample scores, labels (1 = member), dataset indices,
                                       halves (0 = selection, 1 = bound half)
       results.json                global and per-client tables
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import zipfile
 import zlib
@@ -40,7 +43,7 @@ Parsed = TypeVar("Parsed")
 #: Everything a run writes at its top level, and the one file type of each subfolder.
 RUN_FILES = frozenset({"config.toml", "manifest.json", "metrics.jsonl", "results.json", "report.md",
                        "roc.png", "privacy.png"})
-RUN_FOLDERS = {"models": ".safetensors", "scores": ".npz"}
+RUN_FOLDERS = {"models": ".safetensors", "scores": ".npz", "references": ".safetensors"}
 SCORE_ARRAYS = ("scores", "labels", "indices", "halves")
 
 RERUN = "rerun `python -m fedmia simulate --config {path}/config.toml --out {path} --overwrite`"
@@ -156,7 +159,7 @@ class RunDirectory:
         return self.model_path(name).exists()
 
     def scores_path(self, scope: str, attack: str) -> Path:
-        return self.path / "scores" / f"{scope.replace(':', '-')}__{attack}.npz"
+        return self.path / "scores" / f"{file_safe(scope)}__{file_safe(attack)}.npz"
 
     def save_scores(self, scope: str, attack: str, scores: np.ndarray, labels: np.ndarray,
                     indices: np.ndarray, halves: np.ndarray) -> Path:
@@ -211,7 +214,7 @@ class RunDirectory:
         if (self.path / "results.json").exists():
             self._read_checked("results.json", json.loads, "delete it and `attack` writes a new one")
         reference = self._reference_shapes(manifest)
-        for name in self._models_needed(records):
+        for name in self._models_needed(records, config.keep_uploads):
             self._verify_model(name, reference)
 
     def _reference_shapes(self, manifest: dict[str, Any]) -> dict[str, list[int]]:
@@ -227,16 +230,21 @@ class RunDirectory:
             raise self._damaged("manifest.json", f"has no usable model record ({one_line(error)})", fix) from None
         return {key: list(tensor.shape) for key, tensor in built.state_dict().items()}
 
-    def _models_needed(self, records: list[dict[str, Any]]) -> list[str]:
-        """The final model, every recorded round's global model and every uploader's model."""
+    def _models_needed(self, records: list[dict[str, Any]], keep_uploads: str) -> list[str]:
+        """The final model, every recorded round's global model, every uploader's last model and
+        every upload the keep policy kept."""
+        from fedmia.adversary.uploads import KeepPolicy
+
+        policy = KeepPolicy.parse(keep_uploads)
         try:
             rounds = [int(record["round"]) for record in records]
-            uploaders = {int(report["client"]) for record in records for report in record["clients"]
-                         if not report.get("stopped")}
+            uploads = {(int(report["client"]), int(record["round"])) for record in records
+                       for report in record["clients"] if not report.get("stopped")}
         except (KeyError, TypeError, ValueError) as error:
             raise self._damaged("metrics.jsonl", f"is damaged ({one_line(error)} in a record)", RERUN) from None
         return ([FINAL_GLOBAL_MODEL] + [global_round_name(r) for r in rounds]
-                + [client_model_name(c) for c in sorted(uploaders)])
+                + [client_model_name(c) for c in sorted({c for c, _ in uploads})]
+                + [upload_name(c, r) for c, r in sorted(uploads) if policy.keeps(r)])
 
     def _verify_model(self, name: str, reference: dict[str, list[int]]) -> None:
         relative = f"models/{name}.safetensors"
@@ -313,7 +321,8 @@ def _parse_metrics(text: str) -> list[dict[str, Any]]:
 def reported_tables(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(scope, table) of every attacked scope in results.json."""
     tables = [("global", results["global"])]
-    return tables + [(f"client:{row['client']}", row) for row in results["clients"] if row.get("attacks")]
+    tables += [(f"client:{row['client']}", row) for row in results["clients"] if row.get("attacks")]
+    return tables + list(results.get("adversaries", {}).items())
 
 
 def reported_scores(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -324,6 +333,17 @@ def reported_scores(results: dict[str, Any]) -> list[tuple[str, str, dict[str, A
 
 
 FINAL_GLOBAL_MODEL = "global_final"
+
+
+def file_safe(name: str) -> str:
+    """A scope or attack spec as part of a file name: `client:3` -> `client-3`,
+    `rmia:refs=2` -> `rmia-refs-2`."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", name)
+
+
+def upload_name(client: int, server_round: int) -> str:
+    """Client `client`'s upload of `server_round`, kept for trajectory attacks."""
+    return f"{client_model_name(client)}_round_{server_round:03d}"
 
 
 def global_round_name(server_round: int) -> str:

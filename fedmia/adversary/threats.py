@@ -53,6 +53,9 @@ def threat_models(adversaries: tuple[str, ...], roles: tuple[str, ...],
     """The run's adversaries: the named ones it lists, then every malicious client."""
     granularity = OutputGranularity.parse(querier_output)
     malicious = malicious_clients(roles)
+    if SERVER not in adversaries:
+        raise FedmiaError(f"--adversaries {','.join(adversaries)} leaves out server, whose scopes (global, "
+                          "client:k) every report is built on; write e.g. --adversaries server,querier")
     models = []
     for position, name in enumerate(adversaries):
         if name in adversaries[:position]:
