@@ -52,6 +52,7 @@ def run_summary(run: PreparedRun) -> dict[str, Any]:
         "final_test_accuracy": rounds[-1]["test_accuracy"] if rounds else None,
         "round_test_accuracy": [r["test_accuracy"] for r in rounds],
         "problems": [p for r in rounds for p in r["problems"]],
+        "adversaries": list(c.adversaries), "querier_output": c.querier_output, "roles": list(c.roles),
     }
 
 
@@ -76,14 +77,56 @@ def held_out_line(scope: dict[str, Any]) -> str:
 
 def attack_table(attacks: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| attack | AUC | balanced acc | advantage | TPR@1%FPR | TPR@0.1%FPR | optimistic eps lb "
-             "| acc at adversary's threshold | members / non-members |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| acc at adversary's threshold | members / non-members | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in attacks.items():
         lines.append(f"| {name} | {_fmt(m['auc'])} | {_fmt(m['balanced_accuracy'])} | "
                      f"{_fmt(m['advantage'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
                      f"{_fmt(m['tpr_at_01pct_fpr'])} | {_fmt(m['eps_lower_bound_optimistic'], 2)} | "
-                     f"{_fmt(m['threshold_accuracy'])} | {m['n_members']} / {m['n_nonmembers']} |")
+                     f"{_fmt(m['threshold_accuracy'])} | {m['n_members']} / {m['n_nonmembers']} | "
+                     f"{_fmt(m.get('seconds'), 2)} |")
     return lines
+
+
+ADVERSARY_TEXT = {
+    "querier": "Adversary: anyone querying the final global model, seeing `{output}` per query. "
+               "Members: the union of all clients' data.",
+    "client": "Adversary: malicious client {client} ({role}), which sees only the global models it "
+              "received (with their weights) and its own data. Members: the other clients' data.",
+}
+
+
+def adversary_sections(results: dict[str, Any], querier_output: str, roles: list[str]) -> list[str]:
+    """One section per scope of the querier and of each malicious client."""
+    lines: list[str] = []
+    for scope, table in results.get("adversaries", {}).items():
+        adversary = table["adversary"]
+        if adversary == "querier":
+            text = ADVERSARY_TEXT["querier"].format(output=querier_output)
+        else:
+            client = int(adversary.partition(":")[2])
+            text = ADVERSARY_TEXT["client"].format(client=client, role=roles[client] if client < len(roles) else "")
+        lines += [f"## Leakage to the {adversary} adversary (scope `{scope}`)", "", text,
+                  f"Target test accuracy: {_fmt(table['test_accuracy'])}.", "",
+                  held_out_line(table), "", *attack_table(table["attacks"]), ""]
+    return lines
+
+
+def cost_table(results: dict[str, Any]) -> list[str]:
+    """Seconds per attack summed over its scopes, and the adversary's model training."""
+    tables = [results["global"], *[r for r in results["clients"] if r.get("attacks")],
+              *results.get("adversaries", {}).values()]
+    totals: dict[str, float] = {}
+    for table in tables:
+        for name, m in table["attacks"].items():
+            totals[name] = totals.get(name, 0.0) + (m.get("seconds") or 0.0)
+    shadow = sum(t["seconds"]["shadow"] for t in tables if "seconds" in t)
+    references = sum(t["seconds"]["references"] for t in tables if "seconds" in t)
+    cached = all(t["seconds"]["references_cached"] for t in tables if "seconds" in t)
+    lines = ["## Attack cost", "", "| what | seconds (all scopes) |", "|---|---|",
+             f"| shadow models | {_fmt(shadow, 1)} |",
+             f"| reference models{' (loaded from the cache)' if cached and references else ''} | {_fmt(references, 1)} |"]
+    return lines + [f"| {name} (fit + score) | {_fmt(seconds, 2)} |" for name, seconds in totals.items()] + [""]
 
 
 def formal_cells(privacy: dict[str, Any] | None) -> str:
@@ -171,8 +214,10 @@ def render_report(results: dict[str, Any]) -> str:
         "the attack chosen on the selection half.", "",
         *client_table(results["clients"]),
         "", EPS_NOTE, "",
+        *adversary_sections(results, run.get("querier_output", "logits"), run.get("roles", [])),
         *client_level_section(results.get("client_level_dp"), run["clients"]),
         "![log-scale ROC](roc.png)", "", "![privacy per client](privacy.png)", "",
+        *cost_table(results),
         "## Time", "",
         "| phase | seconds |", "|---|---|",
         *[f"| {k.removesuffix('_s')} | {_fmt(v, 1)} |" for k, v in timing.items()],
@@ -190,7 +235,8 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def plot_roc(run: PreparedRun, results: dict[str, Any]) -> None:
-    """Log-log ROC of the strongest attack on the global scope and on each client."""
+    """Log-log ROC of the strongest attack on the global scope, on each client (orange) and on
+    each other adversary's scope."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,14 +246,17 @@ def plot_roc(run: PreparedRun, results: dict[str, Any]) -> None:
     scopes = [("global", results["global"]["strongest_attack"], "global", 2.0)]
     scopes += [(f"client:{r['client']}", r["strongest_attack"], None, 0.6)
                for r in results["clients"] if r["trained"]]
+    scopes += [(scope, table["strongest_attack"], scope, 1.5)
+               for scope, table in results.get("adversaries", {}).items()]
     smallest = 1.0
     for scope, attack, label, width in scopes:
         data = run.rundir.load_scores(scope, attack)
         fpr, tpr = roc(data["scores"], data["labels"])
         floor = 1.0 / max(int((data["labels"] == 0).sum()), 1)
         smallest = min(smallest, floor)
+        color = "C1" if label is None else "C0" if label == "global" else None
         axis.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), lw=width, label=label,
-                  color="C0" if label else "C1", alpha=1.0 if label else 0.35)
+                  color=color, alpha=1.0 if label else 0.35)
     axis.plot([smallest, 1], [smallest, 1], "k--", lw=0.8, label="chance")
     axis.set(xscale="log", yscale="log", xlim=(smallest, 1), ylim=(smallest, 1),
              xlabel="false positive rate", ylabel="true positive rate",
