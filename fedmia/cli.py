@@ -48,6 +48,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     flag("--clients", type=int, help=f"number of clients, at most {MAX_CLIENTS} (default: {d['clients']})")
     flag("--rounds", type=int, help=f"federated rounds, at most {MAX_ROUNDS} (default: {d['rounds']})")
     flag("--dataset", help=f"digits, fashion-mnist, mnist, cifar10, cifar100 (default: {d['dataset']})")
+    flag("--dataset-size", type=int, help="use a seeded, label-stratified draw of this many samples of the "
+                                          f"dataset; 0 = all (default: {d['dataset_size']})")
     flag("--model", help=f"cnn, resnet18, vgg11 (default: {d['model']})")
     flag("--partition", help=f"iid, dirichlet:ALPHA or classes:K (default: {d['partition']})")
     flag("--local-epochs", type=int, help=f"local epochs per round, at most {MAX_LOCAL_EPOCHS} "

@@ -102,6 +102,7 @@ NUMERIC_KEYS = {
     "client_dp_noise": Range(0),
     "client_dp_clip": Range(0, low_open=True),
     "attack_workers": Range(0, MAX_ATTACK_WORKERS, integer=True),
+    "dataset_size": Range(0, integer=True),
 }
 TEXT_KEYS = ("dataset", "model", "partition", "out", "device", "client_dp")
 
@@ -113,6 +114,8 @@ class RunConfig:
     clients: int = 20
     rounds: int = 5
     dataset: str = "digits"
+    #: Samples of the dataset the split uses (a stratified, seeded draw); 0: all of them.
+    dataset_size: int = 0
     model: str = "cnn"
     partition: str = "iid"
     local_epochs: int = 2
@@ -418,7 +421,7 @@ _FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.n
 #: The keys `RunConfig.to_toml` always writes (data_dir only when set): a run's config.toml
 #: without one of them was truncated or edited. attack_workers changes no result, so a run
 #: written before it existed stays valid.
-OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", "keep_uploads")
+OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", "keep_uploads", "dataset_size")
 WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name not in OPTIONAL_KEYS) | {"client"}
 
 

@@ -99,7 +99,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     on bad input before any training starts."""
     dataset = load_dataset(config.dataset, Path(config.data_dir) if config.data_dir else None,
                            config.download)
-    split = make_privacy_split(dataset.labels, config.clients, config.partition_spec, config.seed)
+    split = make_privacy_split(dataset.labels, config.clients, config.partition_spec, config.seed,
+                               pool_size=config.dataset_size)
     run = PreparedRun(config, dataset, split, RunDirectory(config.out).create())
     run.rundir.write_text("config.toml", config.to_toml())
     run.rundir.write_json("manifest.json", run.manifest())

@@ -93,25 +93,35 @@ def _carve(indices: np.ndarray, labels: np.ndarray, size: int,
     return np.sort(taken), rest
 
 
+#: Seed offsets of the test, population and non-member carves (the pool draw uses the next one).
+POOL_OFFSETS = (0, 1, 2)
+
+
 def make_privacy_split(
     labels: np.ndarray,
     num_clients: int,
     partition: PartitionSpec,
     seed: int,
     fractions: SplitFractions | None = None,
+    pool_size: int = 0,
 ) -> PrivacySplit:
-    """Deterministic in (labels, num_clients, partition, seed, fractions)."""
+    """Deterministic in (labels, num_clients, partition, seed, fractions, pool_size).
+    `pool_size` > 0 first draws that many samples, stratified by label, and splits only them:
+    a small, leaky federation from a large dataset."""
     fractions = fractions or SplitFractions()
-    total = len(labels)
+    pool = np.arange(len(labels), dtype=np.int64)
+    if 0 < pool_size < len(labels):
+        pool, _ = _carve(pool, labels, pool_size, seed + len(POOL_OFFSETS))
+    total = len(pool)
     sizes = [int(total * f) for f in (fractions.test, fractions.population, fractions.nonmembers)]
     if min(sizes) < 2 or int(total * fractions.members) < num_clients:
         raise FedmiaError(
             f"{total} samples are too few for {num_clients} clients with split {vars(fractions)}; "
             "lower --clients or use a larger dataset"
         )
-    rest = np.arange(total, dtype=np.int64)
+    rest = pool
     pools = []
-    for offset, size in enumerate(sizes):
+    for offset, size in zip(POOL_OFFSETS, sizes):
         taken, rest = _carve(rest, labels, size, seed + offset)
         pools.append(taken)
     test, population, nonmembers = pools

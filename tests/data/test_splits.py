@@ -180,3 +180,13 @@ def test_too_few_samples_or_bad_fractions_are_user_errors():
     for bad in ((0.5, 0.3, 0.2, 0.2), (0.4, 0.0, 0.3, 0.3)):
         with pytest.raises(FedmiaError, match="fractions"):
             SplitFractions(*bad)
+
+
+def test_a_pool_size_splits_a_stratified_draw_of_that_many_samples():
+    labels = np.repeat(np.arange(10), 100)
+    split = make_privacy_split(labels, 4, PartitionSpec.parse("iid"), seed=3, pool_size=400)
+    used = np.concatenate([*split.clients, split.nonmembers, split.population, split.test])
+    assert len(used) == 400 and len(np.unique(used)) == 400
+    assert np.bincount(labels[used], minlength=10).tolist() == [40] * 10
+    again = make_privacy_split(labels, 4, PartitionSpec.parse("iid"), seed=3, pool_size=400)
+    assert all(np.array_equal(a, b) for a, b in zip(split.clients, again.clients))
