@@ -47,8 +47,9 @@ def attack_features(logits: np.ndarray, labels: np.ndarray, kind: str, num_class
 
 def member_log_odds(classifier: MLPClassifier, features: np.ndarray) -> np.ndarray:
     """The network's output unit before its logistic: log(P(member) / P(non-member)) (ReLU
-    hidden layers; classes_ is [0, 1], so the unit is the member class's). Read off the weights because predict_proba rounds to exactly 0 or 1 for the most confident
-    samples, which would tie them."""
+    hidden layers; classes_ is [0, 1], so the unit is the member class's). Read off the
+    weights because predict_proba rounds to exactly 0 or 1 for the most confident samples,
+    which would tie them."""
     hidden = features
     for weights, bias in zip(classifier.coefs_[:-1], classifier.intercepts_[:-1]):
         hidden = np.maximum(hidden @ weights + bias, 0.0)

@@ -7,7 +7,13 @@ from scipy.ndimage import sobel
 from torch import nn
 
 from fedmia.attacks.base import AdversaryKnowledge, Samples, TargetView
-from fedmia.attacks.blindmi import BatchSplit, BlindMiAttack, gaussian_kernel, posterior_features, sobel_images
+from fedmia.attacks.blindmi import (
+    BatchSplit,
+    BlindMiAttack,
+    gaussian_kernel,
+    posterior_features,
+    sobel_images,
+)
 from fedmia.data import load_dataset
 from fedmia.errors import FedmiaError
 from fedmia.metrics import membership_metrics
