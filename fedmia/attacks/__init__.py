@@ -20,10 +20,14 @@ from fedmia.attacks.base import (
     ShadowObservation,
     TargetView,
 )
+from fedmia.attacks.blindmi import BlindMiAttack
+from fedmia.attacks.label_only import LABEL_ONLY_ATTACKS
 from fedmia.attacks.metric import METRIC_ATTACKS
+from fedmia.attacks.shadow_nn import ShadowNnAttack
 from fedmia.attacks.spec import AttackSpec, parse_attack_specs
 
-ATTACKS: dict[str, type[MembershipAttack]] = {cls.name: cls for cls in (*METRIC_ATTACKS,)}
+ATTACKS: dict[str, type[MembershipAttack]] = {
+    cls.name: cls for cls in (*METRIC_ATTACKS, ShadowNnAttack, BlindMiAttack, *LABEL_ONLY_ATTACKS)}
 
 
 def make_attack(text: str) -> MembershipAttack:

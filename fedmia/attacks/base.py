@@ -136,10 +136,15 @@ class OutputGranularity:
         return np.log(np.maximum(probs, 1e-300))
 
 
+#: How many recent query arrays a TargetView keeps the outputs of: attacks query the same
+#: candidates a few times in a row, while label-only attacks send hundreds of new arrays.
+CACHED_QUERIES = 4
+
+
 class TargetView:
-    """What the adversary may do with one target model. Outputs are computed once per input
-    array; an access the adversary was not granted raises (a bug: the adversary layer checks
-    every attack's requirements before it runs)."""
+    """What the adversary may do with one target model. Outputs of the last few input arrays
+    are kept (`CACHED_QUERIES`); an access the adversary was not granted raises (a bug: the
+    adversary layer checks every attack's requirements before it runs)."""
 
     def __init__(self, model: nn.Module, access: frozenset[str] = frozenset(ACCESSES), *,
                  granularity: OutputGranularity = OutputGranularity(),
@@ -149,18 +154,19 @@ class TargetView:
         self.granularity = granularity
         self._rounds = rounds
         self.device = device
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: list[tuple[np.ndarray, np.ndarray]] = []
 
     def _require(self, access: str) -> None:
         if access not in self.access:
             raise PermissionError(f"this adversary has no {access} access to the target")
 
     def _raw_logits(self, images: np.ndarray) -> np.ndarray:
-        cached = self._cache.get(id(images))
-        if cached is None or cached[0] is not images:
-            cached = (images, predict_logits(self._model, images, self.device))
-            self._cache[id(images)] = cached
-        return cached[1]
+        for queried, logits in self._cache:
+            if queried is images:
+                return logits
+        logits = predict_logits(self._model, images, self.device)
+        self._cache = [(images, logits), *self._cache[:CACHED_QUERIES - 1]]
+        return logits
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """The target's outputs at the adversary's granularity, as logits."""
