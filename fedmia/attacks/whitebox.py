@@ -14,6 +14,7 @@ depend on which other samples share its batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -27,7 +28,6 @@ from fedmia.attacks.base import (
     AdversaryKnowledge,
     MembershipAttack,
     Parameter,
-    ReferenceModel,
     ReferenceRequest,
     Samples,
     TargetView,
@@ -42,6 +42,8 @@ from fedmia.training import predict_logits
 GRADIENT_BYTES = 2**28
 #: Most samples per vmap batch, however small the gradients.
 MAX_BATCH = 256
+#: Most members, and as many non-members, of each reference model that calibration reads.
+MAX_PER_CLASS = 2000
 #: `layers` values of the gradient-norm attack.
 LAYER_CHOICES = ("all", "last")
 
@@ -51,7 +53,7 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise FedmiaError(f"model {type(model).__name__} has no linear layer for a last-layer "
-                          "white-box attack; use layers=all or another model")
+                          "white-box attack; use gradient-norm:layers=all or a model with a linear head")
     return linears[-1]
 
 
@@ -71,7 +73,8 @@ def per_sample_gradients(model: nn.Module, images: np.ndarray, labels: np.ndarra
     fixed = {name: tensor.detach() for name, tensor in (*model.named_parameters(), *model.named_buffers())}
     selected = {name: fixed[name] for name in names}
 
-    def sample_loss(params: dict[str, torch.Tensor], image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def sample_loss(params: dict[str, torch.Tensor], image: torch.Tensor,
+                    label: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, {**fixed, **params}, (image.unsqueeze(0),))
         return nn.functional.cross_entropy(logits, label.unsqueeze(0))
 
@@ -99,19 +102,36 @@ def negative_log_norm(norms: np.ndarray) -> np.ndarray:
     return -np.log(np.maximum(norms, np.finfo(np.float64).tiny))
 
 
-def reference_data(knowledge: AdversaryKnowledge, count: int, attack: str) -> tuple[tuple[ReferenceModel, ...], Samples]:
-    """The reference models and the population the attack calibrates on, checked: each
-    reference must have trained on some but not all of the population."""
-    if knowledge.population is None or len(knowledge.references) < count:
+@dataclass(frozen=True)
+class Calibration:
+    """Population records one reference model did (`membership` True) and did not train on."""
+
+    model: nn.Module
+    samples: Samples
+    membership: np.ndarray
+
+
+def calibration_sets(knowledge: AdversaryKnowledge, count: int, attack: str) -> list[Calibration]:
+    """Per reference model, a balanced draw of its population members and non-members, up to
+    MAX_PER_CLASS each (by the knowledge's seed): per-sample gradients of a whole large
+    population would cost more than a threshold or a small attack network needs, and balance
+    makes members and non-members count equally."""
+    population = knowledge.population
+    if population is None or len(knowledge.references) < count:
         raise FedmiaError(f"attack {attack!r} needs {count} reference model(s) and a population pool; "
                           "give the adversary a population split")
-    references = knowledge.references[:count]
-    for reference in references:
-        members = reference.trained_on(knowledge.population.indices)
-        if members.all() or not members.any():
+    rng = np.random.default_rng(knowledge.seed)
+    sets = []
+    for reference in knowledge.references[:count]:
+        membership = reference.trained_on(population.indices)
+        size = min(int(membership.sum()), int((~membership).sum()), MAX_PER_CLASS)
+        if size == 0:
             raise FedmiaError(f"attack {attack!r} needs reference models trained on part of the "
                               "population (both members and non-members); enlarge the population")
-    return references, knowledge.population
+        rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(side), size, replace=False)
+                                       for side in (membership, ~membership)]))
+        sets.append(Calibration(reference.model, population.take(rows), membership[rows]))
+    return sets
 
 
 class GradientNormAttack(MembershipAttack):
@@ -121,7 +141,8 @@ class GradientNormAttack(MembershipAttack):
     name: ClassVar[str] = "gradient-norm"
     requires: ClassVar[frozenset[str]] = frozenset({WHITE_BOX})
     parameters: ClassVar[dict[str, Parameter]] = {
-        "layers": Parameter("all", help="gradient w.r.t. all parameters (all) or the last linear layer (last)"),
+        "layers": Parameter("all", help="gradient w.r.t. all parameters (all) or the last linear "
+                                        "layer (last)"),
     }
 
     def __init__(self, **params: object) -> None:
@@ -137,9 +158,9 @@ class GradientNormAttack(MembershipAttack):
         return negative_log_norm(gradient_norms(model, samples, self.params["layers"], device))
 
     def fit(self, knowledge: AdversaryKnowledge) -> GradientNormAttack:
-        (reference,), population = reference_data(knowledge, 1, self.name)
-        scores = self.signal(reference.model, population, knowledge.plan.device)
-        self.threshold = best_threshold(scores, reference.trained_on(population.indices))
+        (calibration,) = calibration_sets(knowledge, 1, self.name)
+        scores = self.signal(calibration.model, calibration.samples, knowledge.plan.device)
+        self.threshold = best_threshold(scores, calibration.membership)
         return self
 
     def score(self, target: TargetView, samples: Samples) -> np.ndarray:
@@ -160,13 +181,20 @@ def last_layer_gradients(model: nn.Module, samples: Samples, device: str) -> np.
     return np.concatenate(blocks)
 
 
-def nasr_features(model: nn.Module, samples: Samples, device: str) -> tuple[np.ndarray, ...]:
-    """(last-layer gradient rows, sorted posteriors, [loss, one-hot label]) per sample."""
+def nasr_features(model: nn.Module, samples: Samples,
+                  device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(last-layer gradient rows, sorted posteriors, [log loss, one-hot label]) per sample.
+
+    Each gradient row is sorted too: a row is (p_c - y_c) times the penultimate activations,
+    whose units mean different things in every independently trained model, so only their
+    sorted values carry over from the reference models to the target. The loss enters as its
+    log, since a member's loss sits orders of magnitude below a non-member's."""
     logits = predict_logits(model, samples.images, device)
+    rows = -np.sort(-last_layer_gradients(model, samples, device), axis=2)
     posteriors = -np.sort(-softmax(logits, axis=1), axis=1)
-    loss = -log_prob_of(logits, samples.labels)
+    log_loss = np.log(np.maximum(-log_prob_of(logits, samples.labels), np.finfo(np.float64).tiny))
     one_hot = np.eye(logits.shape[1])[samples.labels]
-    return last_layer_gradients(model, samples, device), posteriors, np.column_stack([np.log(np.maximum(loss, 1e-30)), one_hot])
+    return rows, posteriors, np.column_stack([log_loss, one_hot])
 
 
 #: Features each output unit's gradient row is reduced to (the paper's convolution whose
@@ -219,14 +247,19 @@ class NasrAttack(MembershipAttack):
         "hidden": Parameter(64, low=1, help="width of the attack network's layers"),
     }
 
+    def __init__(self, **params: object) -> None:
+        super().__init__(**params)
+        self.standardize: Standardizer | None = None
+        self.network: NasrNetwork | None = None
+
     def references_needed(self) -> ReferenceRequest:
         return ReferenceRequest(self.params["refs"], online=False)
 
     def fit(self, knowledge: AdversaryKnowledge) -> NasrAttack:
-        references, population = reference_data(knowledge, self.params["refs"], self.name)
-        features = [nasr_features(ref.model, population, knowledge.plan.device) for ref in references]
+        calibrations = calibration_sets(knowledge, self.params["refs"], self.name)
+        features = [nasr_features(c.model, c.samples, knowledge.plan.device) for c in calibrations]
         blocks = tuple(np.concatenate(block) for block in zip(*features))
-        membership = np.concatenate([ref.trained_on(population.indices) for ref in references])
+        membership = np.concatenate([c.membership for c in calibrations])
         self.standardize = Standardizer(blocks)
         inputs = self.standardize(blocks)
         self.network = self._train(inputs, torch.as_tensor(membership, dtype=torch.float32), knowledge.seed)
@@ -234,14 +267,12 @@ class NasrAttack(MembershipAttack):
         return self
 
     def _train(self, inputs: tuple[torch.Tensor, ...], membership: torch.Tensor, seed: int) -> NasrNetwork:
-        """Adam on the class-weighted logistic loss (members and non-members count equally
-        however the references split the population), seeded for identical networks."""
+        """Adam on the logistic loss over minibatches, seeded for identical networks."""
         gradient, output, _ = inputs
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             network = NasrNetwork(output.shape[1], gradient.shape[2], self.params["hidden"])
-        members = float(membership.sum())
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(membership) - members) / members))
+        loss_fn = nn.BCEWithLogitsLoss()
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(seed)
         network.train()
@@ -257,6 +288,6 @@ class NasrAttack(MembershipAttack):
         return self.network(*inputs).double().numpy()
 
     def score(self, target: TargetView, samples: Samples) -> np.ndarray:
-        if self.threshold is None:
+        if self.network is None or self.standardize is None:
             raise RuntimeError(f"attack {self.name!r} must be fit before it scores")
         return self._logits(self.standardize(nasr_features(target.model, samples, target.device)))
