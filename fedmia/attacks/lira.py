@@ -10,15 +10,16 @@ confidence the target's is. Each query of the sample (mirror, shifts) adds its o
 the queries were independent (the paper's diagonal approximation).
 
 Variances: with few references a per-example variance is mostly noise, so by default one
-variance per side and query is pooled over all examples (the paper's advice below ~64
+variance per side and query is pooled over all examples (the paper's advice for few
 references): the within-example spread, sum (phi - mu_example)^2 over sum (n_example - 1).
 
 Examples without references on a side (online with few references, or population records every
 other reference trained on while calibrating) take that side's mean over all the other
 examples' references; where no example has two references on a side (refs=1, or online
 refs=2 where each example has one of each) the within-example spread is undefined and the
-side's variance is the spread of all its values around that pooled mean, an overestimate that
-makes the attack more cautious, never undefined.
+side's variance is the spread of all its values around that pooled mean (sum of squares over
+n - 1), an overestimate that makes the attack more cautious. A side with a single value in all
+has no spread at all and gets the floor MIN_VARIANCE: scores stay finite.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def side_gaussian(values: np.ndarray, on_side: np.ndarray,
     if freedom.sum() > 0:
         pooled_var = squares.sum(axis=1) / freedom.sum()
     else:
-        pooled_var = ((values - pooled_mean[None, :, None]) ** 2 * weights).sum(axis=(0, 2)) / counts.sum()
+        spread = ((values - pooled_mean[None, :, None]) ** 2 * weights).sum(axis=(0, 2))
+        pooled_var = spread / max(counts.sum() - 1, 1)
     variance = np.broadcast_to(pooled_var[:, None], mean.shape)
     if not fixed_variance:
         variance = np.where(counts >= 2, squares / np.maximum(freedom, 1), variance)

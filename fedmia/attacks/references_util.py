@@ -10,8 +10,7 @@ the same queries, so their answers are comparable.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from itertools import islice
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,42 +24,25 @@ from fedmia.attacks.base import (
     TargetView,
     best_threshold,
 )
+from fedmia.attacks.label_only import SHIFTS, augment
 from fedmia.attacks.metric import log_odds
 from fedmia.errors import FedmiaError
 from fedmia.training import predict_logits
 
-#: One-pixel shifts (rows, columns) after the image and its mirror: right, left, down, up.
-SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
-#: The image, its mirror, and each shift of both.
-MAX_QUERIES = 2 + 2 * len(SHIFTS)
+#: (mirrored?, shift) of each query in order: the sample, its mirror, then each one-pixel shift
+#: (label_only's: along an axis, then diagonal) of the sample and of the mirror.
+QUERIES = tuple((mirror, step) for step in SHIFTS for mirror in (False, True))
+MAX_QUERIES = len(QUERIES)
 
 AUGMENT = Parameter(2, 1, MAX_QUERIES, help="queries per sample: 1 the sample, 2 + its mirror, "
                     "more + one-pixel shifts of both")
 
 
-def shift(images: np.ndarray, rows: int, columns: int) -> np.ndarray:
-    """Images moved by one pixel; the vacated edge repeats its neighbour, a value the image
-    already holds whatever its normalisation (a zero fill would add a dark or bright line)."""
-    height, width = images.shape[2:]
-    padded = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
-    return padded[:, :, 1 - rows : 1 - rows + height, 1 - columns : 1 - columns + width]
-
-
-def _versions(images: np.ndarray) -> Iterator[np.ndarray]:
-    yield images
-    mirror = np.ascontiguousarray(images[..., ::-1])
-    yield mirror
-    for step in SHIFTS:
-        for version in (images, mirror):
-            yield np.ascontiguousarray(shift(version, *step))
-
-
 def queries(images: np.ndarray, count: int) -> list[np.ndarray]:
-    """The first `count` of: the images themselves, their horizontal mirror, then each shift of
-    the images and of the mirror (made only when asked for). The first query is `images`
-    itself, so a target that already answered those images (another attack) answers from its
-    cache."""
-    return list(islice(_versions(images), count))
+    """The first `count` QUERIES of every image. The first is `images` itself, so a target that
+    already answered those images (another attack) answers from its cache."""
+    return [images if (mirror, step) == QUERIES[0] else np.ascontiguousarray(augment(images, mirror, step))
+            for mirror, step in QUERIES[:count]]
 
 
 def true_label_log_odds(logits_per_query: list[np.ndarray], labels: np.ndarray) -> np.ndarray:
@@ -69,9 +51,9 @@ def true_label_log_odds(logits_per_query: list[np.ndarray], labels: np.ndarray) 
     return np.stack([log_odds(logits, labels) for logits in logits_per_query])
 
 
-def target_log_odds(target: TargetView, samples: Samples, augment: int) -> np.ndarray:
-    """(queries, samples) log-odds of the true label under the target."""
-    asked = queries(samples.images, augment)
+def target_log_odds(target: TargetView, samples: Samples, count: int) -> np.ndarray:
+    """(queries, samples) log-odds of the true label under the target, on `count` queries."""
+    asked = queries(samples.images, count)
     return true_label_log_odds([target.logits(images) for images in asked], samples.labels)
 
 
@@ -81,9 +63,9 @@ class ReferenceSignals:
     calibration read the same population, and several targets are scored on the same
     candidates."""
 
-    def __init__(self, references: tuple[ReferenceModel, ...], augment: int, device: str) -> None:
+    def __init__(self, references: tuple[ReferenceModel, ...], count: int, device: str) -> None:
         self.references = references
-        self.augment = augment
+        self.count = count
         self.device = device
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -91,7 +73,7 @@ class ReferenceSignals:
         """(references, queries, samples) log-odds of the true label."""
         cached = self._cache.get(id(samples.images))
         if cached is None or cached[0] is not samples.images:
-            asked = queries(samples.images, self.augment)
+            asked = queries(samples.images, self.count)
             per_reference = [[predict_logits(ref.model, images, self.device) for images in asked]
                              for ref in self.references]
             signals = np.stack([true_label_log_odds(logits, samples.labels) for logits in per_reference])
