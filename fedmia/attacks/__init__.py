@@ -22,13 +22,15 @@ from fedmia.attacks.base import (
 )
 from fedmia.attacks.blindmi import BlindMiAttack
 from fedmia.attacks.label_only import LABEL_ONLY_ATTACKS
+from fedmia.attacks.lira import LiraAttack
 from fedmia.attacks.metric import METRIC_ATTACKS
+from fedmia.attacks.rmia import RmiaAttack
 from fedmia.attacks.shadow_nn import ShadowNnAttack
 from fedmia.attacks.spec import AttackSpec, parse_attack_specs
 from fedmia.attacks.whitebox import GradientNormAttack, NasrAttack
 
 ATTACKS: dict[str, type[MembershipAttack]] = {
-    cls.name: cls for cls in (*METRIC_ATTACKS, ShadowNnAttack, BlindMiAttack, *LABEL_ONLY_ATTACKS,
+    cls.name: cls for cls in (*METRIC_ATTACKS, LiraAttack, RmiaAttack, ShadowNnAttack, BlindMiAttack, *LABEL_ONLY_ATTACKS,
                            GradientNormAttack, NasrAttack)}
 
 

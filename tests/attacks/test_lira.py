@@ -123,7 +123,7 @@ def test_thresholds_without_calibration_data():
 def test_parameters_and_the_references_it_asks_for():
     attack = LiraAttack()
     assert attack.name == "lira" and attack.params == {"refs": 8, "online": False,
-                                                       "fixed_variance": True, "augment": 2}
+                                                       "fixed_variance": True, "augment": 1}
     assert LiraAttack(refs=4, online=True).references_needed() == ReferenceRequest(4, True)
 
 

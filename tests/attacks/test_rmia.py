@@ -149,7 +149,7 @@ def test_thresholds():
 def test_parameters_and_the_references_it_asks_for():
     attack = RmiaAttack()
     assert attack.name == "rmia" and attack.params == {
-        "refs": 2, "online": False, "a": 0.3, "gamma": 1.0, "population": 500, "augment": 2}
+        "refs": 2, "online": False, "a": 0.3, "gamma": 1.0, "population": 500, "augment": 1}
     assert RmiaAttack(refs=3, online=True).references_needed() == ReferenceRequest(3, True)
 
 
