@@ -143,7 +143,8 @@ class LossTrajectoryAttack(TrajectoryAttack):
 
     name: ClassVar[str] = "loss-trajectory"
     parameters: ClassVar[dict[str, Parameter]] = {
-        "aggregate": Parameter("sum", help="combine the rounds' loss drops: sum, last (last round only) or max"),
+        "aggregate": Parameter("sum", help="how the rounds' loss drops combine: sum, last "
+                                           "(the last round only) or max"),
     }
 
     def __init__(self, **params: Any) -> None:
@@ -193,8 +194,11 @@ class FedMiaAttack(TrajectoryAttack):
         def confidence(model: nn.Module) -> np.ndarray:
             return log_odds(logits(model), samples.labels)
 
-        return sum(out_gaussian_log_cdf(confidence(view.model), np.stack([confidence(m) for m in view.others]),
-                                        self.params["fixed_variance"]) for view in usable)
+        def round_score(view: RoundView) -> np.ndarray:
+            others = np.stack([confidence(other) for other in view.others])
+            return out_gaussian_log_cdf(confidence(view.model), others, self.params["fixed_variance"])
+
+        return np.sum([round_score(view) for view in usable], axis=0)
 
 
 def update_alignment(start: nn.Module, model: nn.Module, samples: Samples, device: str,
