@@ -25,7 +25,7 @@ from fedmia.data.partition import PartitionSpec
 from fedmia.defenses import DefenseSpec
 from fedmia.errors import FedmiaError
 
-DEFAULT_ATTACKS = ("loss", "confidence", "entropy", "modified-entropy", "correctness")
+DEFAULT_ATTACKS = ("loss", "confidence", "entropy", "modified-entropy", "correctness", "rmia", "loss-trajectory")
 DEFAULT_ADVERSARIES = ("server",)
 #: A client's part in the federation: honest, or a malicious client that attacks passively
 #: (it only watches the global models) or actively (its uploads push candidate records).

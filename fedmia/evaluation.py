@@ -142,7 +142,8 @@ def split_halves(classes: np.ndarray, membership: np.ndarray, rng: np.random.Gen
 
 
 def scope_attacks(run: PreparedRun, adversary: str) -> list[AttackSpec]:
-    """The configured attacks that `adversary` runs (see `adversaries_running`)."""
+    """The configured attacks that `adversary` runs (see `adversaries_running`); a scope runs
+    those its target view allows (the server's `global` scope has no peer uploads)."""
     models = threat_models(run.config.adversaries, run.config.roles, run.config.querier_output)
     return [spec for spec in parse_attack_specs(run.config.attacks)
             if adversary in {model.name for model in adversaries_running(spec, models)}]
@@ -175,7 +176,8 @@ def attack_scope(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
     indices, labels = setup.candidates, setup.membership
     samples = Samples(run.images(indices), run.labels(indices), indices)
     halves = split_halves(samples.labels, labels, setup.rng)
-    specs = scope_attacks(run, task.adversary)
+    specs = [spec for spec in scope_attacks(run, task.adversary)
+             if spec.build().requires <= setup.target.access]
     attacks = [spec.build() for spec in specs]
     banks, reference_seconds, cached = reference_banks(run, task, setup, attacks)
     metrics, decisions, all_scores, seconds = {}, {}, {}, {}

@@ -38,7 +38,7 @@ from clients.app import UNIT_WEIGHT_KEY
 from clients.dp_mod import CLIENT_DP_CONFIG_KEY
 from fedmia.config import RunConfig, resolve_config
 from fedmia.errors import FedmiaError
-from fedmia.evaluation import evaluate_privacy, last_client_reports
+from fedmia.evaluation import evaluate_privacy, last_client_reports, scope_tasks
 from fedmia.privacy import default_delta
 from fedmia.progress import Progress, SilentProgress
 from fedmia.recorder import RoundRecorder
@@ -252,7 +252,7 @@ def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTime
         stoppable.check()
         progress.on_scope(scope)
 
-    progress.on_attacks(1 + len(last_client_reports(run)))
+    progress.on_attacks(len(scope_tasks(run, last_client_reports(run))))
     with timer.phase("attacks"):
         results = evaluate_privacy(run, on_scope)
     progress.on_attacks_done()

@@ -31,6 +31,7 @@ from fedmia.adversary.threats import QUERIER, SERVER, querier_access
 from fedmia.adversary.views import client_rounds, global_rounds, load, malicious_rounds
 from fedmia.attacks.base import (
     ACCESSES,
+    PEER_UPLOADS,
     AdversaryKnowledge,
     OutputGranularity,
     Samples,
@@ -46,6 +47,8 @@ from fedmia.seeding import round_seed
 from fedmia.training import predict_logits, train_epochs
 
 GLOBAL_SCOPE = "global"
+#: Full access to a target that has no peers: the global model's rounds, a malicious client's.
+ALONE = frozenset(ACCESSES) - {PEER_UPLOADS}
 
 
 def client_scope(client: int) -> str:
@@ -145,7 +148,7 @@ def setup_global(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
         granularity = OutputGranularity.parse(config.querier_output)
         target = TargetView(model, querier_access(granularity), granularity=granularity, device=config.device)
     else:
-        target = TargetView(model, frozenset(ACCESSES), rounds=global_rounds(run, records), device=config.device)
+        target = TargetView(model, ALONE, rounds=global_rounds(run, records), device=config.device)
     shadow, seconds = _timed_shadow(run, run.new_model(), len(members), config.rounds * config.local_epochs,
                                     round_seed(config.seed, 1_000_003))
     recipe = ReferenceRecipe(None, tuple(range(1, config.rounds + 1)), assumed_defense(run), len(members))
@@ -181,7 +184,7 @@ def setup_malicious(run: PreparedRun, task: ScopeTask, records: list[dict[str, A
     members = malicious_members(run.split, client)
     indices, membership, rng = malicious_candidates(run.split, run.dataset.labels, config.seed, client)
     model = load(run, FINAL_GLOBAL_MODEL)
-    target = TargetView(model, frozenset(ACCESSES), rounds=malicious_rounds(run, client, records),
+    target = TargetView(model, ALONE, rounds=malicious_rounds(run, client, records),
                         device=config.device)
     shadow, seconds = _timed_shadow(run, run.new_model(), len(members), config.rounds * config.local_epochs,
                                     round_seed(config.seed, 4_000_003, client))

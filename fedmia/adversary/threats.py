@@ -7,7 +7,8 @@
   `querier_output` (logits, top-k posteriors, or the label only). Scope `querier`.
 - `client:j` (a client whose [[client]] role is malicious): the global models it received and
   its own data. Scope `malicious:j`, members = the union of the other clients' data. It holds
-  the weights it received, so it has white-box and trajectory access to them.
+  the weights it received, so it has white-box and trajectory access to them, but sees no
+  other client's upload (`peer-uploads`, which only the server has, and only of a client).
 
 Every attack declares the accesses it requires (`MembershipAttack.requires`); an attack asked
 of an adversary that cannot run it is a one-line error before anything trains.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedmia.attacks.base import ACCESSES, LABELS, OUTPUTS, OutputGranularity
+from fedmia.attacks.base import ACCESSES, LABELS, OUTPUTS, PEER_UPLOADS, OutputGranularity
 from fedmia.attacks.spec import AttackSpec
 from fedmia.errors import FedmiaError
 
@@ -70,7 +71,8 @@ def threat_models(adversaries: tuple[str, ...], roles: tuple[str, ...],
         else:
             raise FedmiaError(f"unknown adversary {name!r}; choose from {', '.join(NAMED_ADVERSARIES)} "
                               '(malicious clients come from [[client]] role = "malicious")')
-    return models + [ThreatModel(f"{MALICIOUS_PREFIX}{client}", frozenset(ACCESSES)) for client in malicious]
+    return models + [ThreatModel(f"{MALICIOUS_PREFIX}{client}", frozenset(ACCESSES) - {PEER_UPLOADS})
+                     for client in malicious]
 
 
 def adversaries_running(spec: AttackSpec, models: list[ThreatModel]) -> list[ThreatModel]:

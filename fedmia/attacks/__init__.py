@@ -7,6 +7,7 @@ from fedmia.attacks.base import (
     ACCESSES,
     LABELS,
     OUTPUTS,
+    PEER_UPLOADS,
     TRAJECTORY,
     WHITE_BOX,
     AdversaryKnowledge,
@@ -27,11 +28,13 @@ from fedmia.attacks.metric import METRIC_ATTACKS
 from fedmia.attacks.rmia import RmiaAttack
 from fedmia.attacks.shadow_nn import ShadowNnAttack
 from fedmia.attacks.spec import AttackSpec, parse_attack_specs
+from fedmia.attacks.trajectory import FedMiaAttack, LossTrajectoryAttack, UpdateAlignmentAttack
 from fedmia.attacks.whitebox import GradientNormAttack, NasrAttack
 
 ATTACKS: dict[str, type[MembershipAttack]] = {
     cls.name: cls for cls in (*METRIC_ATTACKS, LiraAttack, RmiaAttack, ShadowNnAttack, BlindMiAttack, *LABEL_ONLY_ATTACKS,
-                           GradientNormAttack, NasrAttack)}
+                           GradientNormAttack, NasrAttack, LossTrajectoryAttack, FedMiaAttack,
+                           UpdateAlignmentAttack)}
 
 
 def make_attack(text: str) -> MembershipAttack:
@@ -44,6 +47,7 @@ __all__ = [
     "ATTACKS",
     "LABELS",
     "OUTPUTS",
+    "PEER_UPLOADS",
     "TRAJECTORY",
     "WHITE_BOX",
     "AdversaryKnowledge",

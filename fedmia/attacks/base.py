@@ -33,7 +33,9 @@ OUTPUTS = "outputs"
 WHITE_BOX = "white-box"
 #: One model per round (with the model each round started from).
 TRAJECTORY = "trajectory"
-ACCESSES = (LABELS, OUTPUTS, WHITE_BOX, TRAJECTORY)
+#: The other clients' uploads of the target's rounds (the server's view of a client).
+PEER_UPLOADS = "peer-uploads"
+ACCESSES = (LABELS, OUTPUTS, WHITE_BOX, TRAJECTORY, PEER_UPLOADS)
 
 
 @dataclass(frozen=True)

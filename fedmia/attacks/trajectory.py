@@ -35,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fedmia.attacks.base import (
+    PEER_UPLOADS,
     TRAJECTORY,
     AdversaryKnowledge,
     MembershipAttack,
@@ -178,6 +179,7 @@ class FedMiaAttack(TrajectoryAttack):
     confidence log(p_y / (1 - p_y)) per round, log-probabilities summed over rounds."""
 
     name: ClassVar[str] = "fedmia"
+    requires: ClassVar[frozenset[str]] = frozenset({TRAJECTORY, PEER_UPLOADS})
     parameters: ClassVar[dict[str, Parameter]] = {
         "fixed_variance": Parameter(False, help="one OUT variance pooled over the samples instead of "
                                                 "one per sample (steadier with few other clients)"),
