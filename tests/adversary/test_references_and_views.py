@@ -9,6 +9,7 @@ from fedmia.adversary.references import ReferenceRecipe, paired_memberships, ref
 from fedmia.adversary.views import client_rounds, global_rounds, malicious_rounds
 from fedmia.config import resolve_config
 from fedmia.defenses import DefenseSpec
+from fedmia.evaluation import reattack
 from fedmia.rundir import FINAL_GLOBAL_MODEL, global_round_name, upload_name
 from fedmia.summary import check_run
 from tests.inprocess import federate_and_attack
@@ -96,3 +97,16 @@ def test_references_train_with_the_defense_the_adversary_assumes(attacked):
     (a,), _ = reference_bank(run, "client:1", plain, candidates, 1, False, seed=3)
     (b,), _ = reference_bank(run, "client:1", noisy, candidates, 1, False, seed=3)
     assert np.array_equal(a.members, b.members) and not same_weights(a.model, b.model)
+
+
+def test_a_second_attack_phase_loads_the_reference_models_it_trained(attacked):
+    run, _ = attacked
+    first = reattack(run.rundir.path, {"attacks": ("rmia",)}, workers=1)
+    scores = run.rundir.load_scores("client:0", "rmia")["scores"]
+    second = reattack(run.rundir.path, {"attacks": ("rmia",)}, workers=1)
+    tables = [second["global"], *[r for r in second["clients"] if r.get("attacks")],
+              *second["adversaries"].values()]
+    assert not first["global"]["seconds"]["references_cached"]
+    assert all(table["seconds"]["references_cached"] for table in tables)
+    assert np.array_equal(run.rundir.load_scores("client:0", "rmia")["scores"], scores)
+    assert check_run(run.rundir.path) == []
