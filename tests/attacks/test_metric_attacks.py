@@ -10,7 +10,7 @@ from torch import nn
 
 from fedmia.attacks import ATTACKS, AdversaryKnowledge, Samples, ShadowObservation, TargetView, make_attack
 from fedmia.attacks.base import best_threshold
-from fedmia.attacks.metric import LossAttack, ModifiedEntropyAttack
+from fedmia.attacks.metric import METRIC_ATTACKS, LossAttack, ModifiedEntropyAttack
 from fedmia.data import load_dataset
 from fedmia.metrics import membership_metrics
 from fedmia.models import build_model
@@ -40,7 +40,7 @@ UNSURE = np.array([[0.2, 0.1, 0.0]])
 WRONG = np.array([[0.0, 6.0, 0.0]])
 
 
-@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("name", [cls.name for cls in METRIC_ATTACKS])
 def test_a_confident_correct_prediction_scores_as_more_member_like(name):
     signal, label = ATTACKS[name].signal, np.array([0])
     confident, unsure, wrong = (signal(logits, label)[0] for logits in (CONFIDENT, UNSURE, WRONG))
