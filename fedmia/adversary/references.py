@@ -7,7 +7,8 @@ configured it), and how many records the target trained on. The bank trains `cou
 that recipe in pairs: each pair splits a shuffled pool into two halves, one per model, so every
 record of the pool is IN for one model of the pair and OUT for the other.
 
-- offline: the pool is the adversary's population; the candidates are OUT for every model;
+- offline: the pool is the adversary's population (and a malicious client's own data); the
+  candidates are OUT for every model;
 - online: the pool holds the candidate records (the adversary knows them, not their
   membership), topped up with population records to twice the target's size, so each
   candidate is IN for about half of the models.
@@ -41,12 +42,15 @@ REFERENCES_FOLDER = "references"
 @dataclass(frozen=True)
 class ReferenceRecipe:
     """How the target was trained: from `start` (a model file name in the run directory, or
-    None for the run's initial model) for `rounds`, with `defense`, on `target_size` records."""
+    None for the run's initial model) for `rounds`, with `defense`, on `target_size` records.
+    `own_data` are records the adversary holds besides its population (a malicious client's
+    own), which its reference models train on too."""
 
     start: str | None
     rounds: tuple[int, ...]
     defense: DefenseSpec
     target_size: int
+    own_data: tuple[int, ...] = ()
 
 
 def reference_pool(candidates: np.ndarray, population: np.ndarray, target_size: int, online: bool,
@@ -99,6 +103,7 @@ def bank_key(run: PreparedRun, recipe: ReferenceRecipe, pool: np.ndarray, count:
     content = {
         "start": start, "rounds": list(recipe.rounds), "defense": recipe.defense.name,
         "defense_params": recipe.defense.params, "target_size": recipe.target_size,
+        "own_data": hashlib.sha256(np.asarray(recipe.own_data, dtype=np.int64).tobytes()).hexdigest(),
         "pool": hashlib.sha256(np.ascontiguousarray(pool, dtype=np.int64).tobytes()).hexdigest(),
         "count": count, "online": online, "seed": seed, "dataset": c.dataset, "model": c.model,
         "run_seed": c.seed, "total_rounds": c.rounds, "local_epochs": c.local_epochs,
@@ -134,7 +139,8 @@ def reference_bank(run: PreparedRun, scope: str, recipe: ReferenceRecipe, candid
                    count: int, online: bool, seed: int) -> tuple[tuple[ReferenceModel, ...], bool]:
     """(`count` reference models, whether they came from the cache)."""
     rng = np.random.default_rng(seed)
-    pool = reference_pool(candidates, run.split.population, recipe.target_size, online, rng)
+    population = np.concatenate([run.split.population, np.asarray(recipe.own_data, dtype=np.int64)])
+    pool = reference_pool(candidates, population, recipe.target_size, online, rng)
     path = (run.rundir.path / REFERENCES_FOLDER
             / f"{scope.replace(':', '-')}-{bank_key(run, recipe, pool, count, online, seed)}.safetensors")
     if path.is_file():

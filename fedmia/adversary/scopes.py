@@ -178,7 +178,7 @@ def setup_client(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
 
 def setup_malicious(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]]) -> ScopeSetup:
     """Malicious client j against the other clients' data: the global models it received, its
-    own data as known members."""
+    own data as known members (its reference models train on it beside the population)."""
     config, client = run.config, task.client
     assert client is not None
     members = malicious_members(run.split, client)
@@ -188,8 +188,9 @@ def setup_malicious(run: PreparedRun, task: ScopeTask, records: list[dict[str, A
                         device=config.device)
     shadow, seconds = _timed_shadow(run, run.new_model(), len(members), config.rounds * config.local_epochs,
                                     round_seed(config.seed, 4_000_003, client))
-    recipe = ReferenceRecipe(None, tuple(range(1, config.rounds + 1)), assumed_defense(run), len(members))
     own = samples_of(run, run.split.clients[client])
+    recipe = ReferenceRecipe(None, tuple(range(1, config.rounds + 1)), assumed_defense(run), len(members),
+                             tuple(int(i) for i in own.indices))
     return ScopeSetup(target, model, members, indices, membership, rng,
                       _knowledge(run, shadow, round_seed(config.seed, 4_000_005, client), own), recipe,
                       default_delta(len(members)), seconds)
