@@ -211,6 +211,8 @@ class Parameter:
     low: float | None = None
     high: float | None = None
     help: str = ""
+    #: The values a text parameter may take (None: any).
+    choices: tuple[str, ...] | None = None
 
     def check(self, attack: str, key: str, value: Any) -> Any:
         kind = type(self.default)
@@ -221,6 +223,9 @@ class Parameter:
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise FedmiaError(f"attack {attack!r} parameter {key}={value!r} is outside "
                               f"[{self.low}, {self.high}]; pick a value in that range")
+        if self.choices is not None and value not in self.choices:
+            raise FedmiaError(f"attack {attack!r} parameter {key}={value!r} is not one of "
+                              f"{', '.join(self.choices)}; pick one of those")
         return value
 
 

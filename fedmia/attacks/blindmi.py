@@ -141,9 +141,10 @@ class BlindMiAttack(MembershipAttack):
     name: ClassVar[str] = "blindmi"
     requires: ClassVar[frozenset[str]] = frozenset({OUTPUTS})
     parameters: ClassVar[dict[str, Parameter]] = {
-        "reference": Parameter("sobel", help="generated non-members: sobel (edge maps of the "
-                                             "candidates), noise (uniform random images) or "
-                                             "population (the adversary's own pool)"),
+        "reference": Parameter("sobel", choices=REFERENCES,
+                               help="generated non-members: sobel (edge maps of the "
+                                    "candidates), noise (uniform random images) or "
+                                    "population (the adversary's own pool)"),
         "batch": Parameter(20, low=2, high=1000, help="candidates compared per batch"),
         "bandwidth": Parameter(0.05, low=1e-3, high=100.0, help="Gaussian kernel width on the "
                                                                  "posterior features, which lie "
@@ -152,9 +153,6 @@ class BlindMiAttack(MembershipAttack):
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
-        if self.params["reference"] not in REFERENCES:
-            raise FedmiaError(f"attack {self.name!r} parameter reference={self.params['reference']!r} is "
-                              f"not one of {', '.join(REFERENCES)}; pick one of those")
         self._population: Samples | None = None
         self._seed = 0
 

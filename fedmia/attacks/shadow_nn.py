@@ -65,16 +65,14 @@ class ShadowNnAttack(MembershipAttack):
     name: ClassVar[str] = "shadow-nn"
     requires: ClassVar[frozenset[str]] = frozenset({OUTPUTS})
     parameters: ClassVar[dict[str, Parameter]] = {
-        "features": Parameter("top3", help="top3 (sorted top-3 posteriors) or top3-label "
-                                           "(plus the true label's posterior and the one-hot label)"),
+        "features": Parameter("top3", choices=FEATURES,
+                              help="top3 (sorted top-3 posteriors) or top3-label "
+                                   "(plus the true label's posterior and the one-hot label)"),
         "hidden": Parameter(64, low=1, high=4096, help="hidden units of the attack network"),
     }
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
-        if self.params["features"] not in FEATURES:
-            raise FedmiaError(f"attack {self.name!r} parameter features={self.params['features']!r} is not "
-                              f"one of {', '.join(FEATURES)}; pick one of those")
         self._classifier: MLPClassifier | None = None
         self._prior = 0.0
         self._num_classes = 0

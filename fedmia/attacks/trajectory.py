@@ -144,15 +144,10 @@ class LossTrajectoryAttack(TrajectoryAttack):
 
     name: ClassVar[str] = "loss-trajectory"
     parameters: ClassVar[dict[str, Parameter]] = {
-        "aggregate": Parameter("sum", help="how the rounds' loss drops combine: sum, last "
-                                           "(the last round only) or max"),
+        "aggregate": Parameter("sum", choices=AGGREGATES,
+                               help="how the rounds' loss drops combine: sum, last "
+                                    "(the last round only) or max"),
     }
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        if self.params["aggregate"] not in AGGREGATES:
-            raise FedmiaError(f"attack {self.name!r} parameter aggregate={self.params['aggregate']!r} is not "
-                              f"one of {', '.join(AGGREGATES)}; pick one of those")
 
     def trajectory_scores(self, rounds: tuple[RoundView, ...], samples: Samples, device: str) -> np.ndarray:
         logits = _Logits(samples.images, device)

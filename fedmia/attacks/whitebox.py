@@ -141,15 +141,10 @@ class GradientNormAttack(MembershipAttack):
     name: ClassVar[str] = "gradient-norm"
     requires: ClassVar[frozenset[str]] = frozenset({WHITE_BOX})
     parameters: ClassVar[dict[str, Parameter]] = {
-        "layers": Parameter("all", help="gradient w.r.t. all parameters (all) or the last linear "
-                                        "layer (last)"),
+        "layers": Parameter("all", choices=LAYER_CHOICES,
+                            help="gradient w.r.t. all parameters (all) or the last linear "
+                                 "layer (last)"),
     }
-
-    def __init__(self, **params: object) -> None:
-        super().__init__(**params)
-        if self.params["layers"] not in LAYER_CHOICES:
-            raise FedmiaError(f"attack {self.name!r} parameter layers={self.params['layers']!r} is not "
-                              f"one of {', '.join(LAYER_CHOICES)}; pick one of them")
 
     def references_needed(self) -> ReferenceRequest:
         return ReferenceRequest(1, online=False)
