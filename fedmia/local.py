@@ -3,13 +3,19 @@ model on the client's members, and return the upload, the report and the state t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+from torch import nn
 
+from fedmia.adversary.active import gradient_ascent
+from fedmia.adversary.candidates import malicious_candidates
 from fedmia.defenses import RoundContext, RoundReport
 from fedmia.run import PreparedRun, round_seed
+
+#: The role whose upload is pushed up its candidates' loss after the honest round.
+ACTIVE_ROLE = "malicious:active"
 
 
 @dataclass(frozen=True)
@@ -38,4 +44,15 @@ def run_local_round(run: PreparedRun, client: int, global_state: dict[str, torch
     model = run.model_from_state(global_state)
     context = RoundContext(server_round, run.config.rounds, run.plan, seed)
     report = defense.train_round(model, data, context)
+    if run.config.roles[client] == ACTIVE_ROLE and not report.stopped:
+        report = ascend_candidates(run, client, model, report)
     return LocalResult(model.state_dict(), report, defense.state_dict())
+
+
+def ascend_candidates(run: PreparedRun, client: int, model: nn.Module, report: RoundReport) -> RoundReport:
+    """The active attack: gradient ascent on the client's candidate records (their indices
+    only, never their membership); the report keeps the honest training's numbers and adds
+    the ascent's under `details["active_ascent"]`."""
+    indices, _, _ = malicious_candidates(run.split, run.dataset.labels, run.config.seed, client)
+    stats = gradient_ascent(model, run.images(indices), run.labels(indices), device=run.plan.device)
+    return replace(report, details={**report.details, "active_ascent": stats.to_dict()})
