@@ -73,7 +73,7 @@ from fedmia.training import accuracy
 
 __all__ = ["GLOBAL_SCOPE", "ScopeTask", "balanced_eval_set", "client_scope", "evaluate_privacy",
            "malicious_scope", "reattack", "split_halves", "train_shadow"]
-#: How long a stopped attack worker is given to exit after SIGTERM.
+#: How long stopped attack workers are given to exit after SIGTERM.
 WORKER_EXIT_S = 2.0
 #: How often an attack worker checks that its driver is still there.
 DRIVER_CHECK_S = 1.0
@@ -296,14 +296,17 @@ def _attack_in_worker(path: str, config: RunConfig, task: ScopeTask) -> ScopeRes
     return attack_task(replace(load_prepared_run(path), config=config), task)
 
 
-def _stop_pool(pool: ProcessPoolExecutor, workers: set[multiprocessing.process.BaseProcess]) -> None:
+def _stop_pool(pool: ProcessPoolExecutor, children_before: set[multiprocessing.process.BaseProcess]) -> None:
     """Cancel what has not started and end the workers at once (SIGTERM): a scope in progress
-    may take seconds, and neither a failed run nor Ctrl-C should wait for it."""
+    may take seconds, and neither a failed run nor Ctrl-C should wait for it. The workers are
+    collected after the shutdown, so one the pool was still spawning is ended too."""
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in workers:
-        process.terminate()
-    for process in workers:
-        process.join(WORKER_EXIT_S)
+    deadline = time.monotonic() + WORKER_EXIT_S
+    while (workers := set(multiprocessing.active_children()) - children_before) and time.monotonic() < deadline:
+        for process in workers:
+            process.terminate()
+        for process in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
 
 
 def queue_depth(loaded_workers: int, pending: int) -> int:
@@ -354,7 +357,7 @@ def attack_in_parallel(run: PreparedRun, tasks: list[ScopeTask], notify: Callabl
             elif running:
                 wait(running, return_when=FIRST_COMPLETED)
     finally:
-        _stop_pool(pool, set(multiprocessing.active_children()) - children_before)
+        _stop_pool(pool, children_before)
     return [result for result in results if result is not None]
 
 

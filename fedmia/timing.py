@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+#: Keys of results.json that hold wall time: they differ between two runs of one config.
+TIMING_KEYS = ("timing", "seconds")
 
 
 class RunTimer:
@@ -24,3 +28,13 @@ class RunTimer:
 
     def as_dict(self) -> dict[str, float]:
         return {**self.phases, "total_s": time.perf_counter() - self.started}
+
+
+def without_timings(value: Any) -> Any:
+    """`value` (results.json, or part of it) without its wall times, which are all a rerun of
+    the same config and seed may change."""
+    if isinstance(value, dict):
+        return {key: without_timings(item) for key, item in value.items() if key not in TIMING_KEYS}
+    if isinstance(value, list):
+        return [without_timings(item) for item in value]
+    return value

@@ -7,14 +7,14 @@ import json
 import pytest
 
 from fedmia.cli import main
+from fedmia.timing import without_timings
 
 pytestmark = pytest.mark.e2e
 
 
 def run_once(out, flags: list[str]) -> dict:
     assert main(["simulate", "--rounds", "2", "--out", str(out), *flags]) == 0
-    results = json.loads((out / "results.json").read_text())
-    results.pop("timing")
+    results = without_timings(json.loads((out / "results.json").read_text()))
     results["run"].pop("out")
     return results
 
