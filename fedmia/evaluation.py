@@ -163,7 +163,7 @@ def reference_banks(run: PreparedRun, task: ScopeTask, setup: ScopeSetup,
     banks = {}
     for online, count in sorted(wanted.items()):
         seed = round_seed(setup.knowledge.seed, 7_000_001, int(online))
-        banks[online], hit = reference_bank(run, task.scope, setup.recipe, setup.candidates, count, online, seed)
+        banks[online], hit = reference_bank(run, setup.recipe, setup.candidates, count, online, seed)
         cached = cached and hit
     return banks, time.perf_counter() - started, cached and bool(wanted)
 

@@ -7,7 +7,7 @@
       models/global_round_NNN.safetensors, models/global_final.safetensors
       models/client_KKK.safetensors   each client's last upload, as the server saw it
       models/client_KKK_round_RRR.safetensors   every upload the keep policy keeps (keep_uploads)
-      references/<scope>-<key>.safetensors      the adversary's reference models, by content key
+      references/<key>.safetensors      the adversary's reference models, by content key
       scores/<scope>__<attack>.npz    per-sample scores, labels (1 = member), dataset indices,
                                       halves (0 = selection, 1 = bound half)
       results.json                global and per-client tables

@@ -15,13 +15,15 @@ record of the pool is IN for one model of the pair and OUT for the other.
 
 Banks are cached in the run directory under a content key (recipe, pool, seed, training
 settings, the start model's bytes), so a second `fedmia attack RUN_DIR` loads them instead of
-training again.
+training again, and scopes that would train the same bank share it. Each file is written
+under a temporary name and renamed, so a parallel attack worker never reads a partial one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +121,7 @@ def _save_bank(path: Path, references: list[ReferenceModel]) -> None:
             tensors[f"ref{number}.{name}"] = tensor.detach().cpu().contiguous()
         tensors[f"ref{number}.{MEMBERS_KEY}"] = torch.as_tensor(reference.members, dtype=torch.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial.safetensors")
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.safetensors")
     save_file(tensors, str(partial))
     partial.replace(path)
 
@@ -135,14 +137,14 @@ def _load_bank(run: PreparedRun, path: Path, count: int) -> list[ReferenceModel]
     return references
 
 
-def reference_bank(run: PreparedRun, scope: str, recipe: ReferenceRecipe, candidates: np.ndarray,
+def reference_bank(run: PreparedRun, recipe: ReferenceRecipe, candidates: np.ndarray,
                    count: int, online: bool, seed: int) -> tuple[tuple[ReferenceModel, ...], bool]:
-    """(`count` reference models, whether they came from the cache)."""
+    """(`count` reference models, whether they came from the cache). Scopes with the same
+    recipe, candidates and seed (the server's `global` and the querier's) share one bank."""
     rng = np.random.default_rng(seed)
     population = np.concatenate([run.split.population, np.asarray(recipe.own_data, dtype=np.int64)])
     pool = reference_pool(candidates, population, recipe.target_size, online, rng)
-    path = (run.rundir.path / REFERENCES_FOLDER
-            / f"{scope.replace(':', '-')}-{bank_key(run, recipe, pool, count, online, seed)}.safetensors")
+    path = run.rundir.path / REFERENCES_FOLDER / f"{bank_key(run, recipe, pool, count, online, seed)}.safetensors"
     if path.is_file():
         try:
             return tuple(_load_bank(run, path, count)), True

@@ -75,15 +75,15 @@ def test_the_bank_is_cached_by_content_and_retrained_when_it_changes(attacked):
     run, _ = attacked
     candidates = run.split.clients[0][:20]
     recipe = ReferenceRecipe(global_round_name(1), (2,), DefenseSpec(), 20)
-    first, cached = reference_bank(run, "client:0", recipe, candidates, 2, True, seed=5)
-    again, cached_again = reference_bank(run, "client:0", recipe, candidates, 2, True, seed=5)
+    first, cached = reference_bank(run, recipe, candidates, 2, True, seed=5)
+    again, cached_again = reference_bank(run, recipe, candidates, 2, True, seed=5)
     assert not cached and cached_again
     assert all(same_weights(a.model, b.model) and np.array_equal(a.members, b.members)
                for a, b in zip(first, again))
     inside = sum(reference.trained_on(candidates) for reference in first)
     assert (inside == 1).all(), "online pairs: every candidate is IN for exactly one model of the pair"
     other_start = ReferenceRecipe(global_round_name(2), (3,), DefenseSpec(), 20)
-    _, cached_other = reference_bank(run, "client:0", other_start, candidates, 2, True, seed=5)
+    _, cached_other = reference_bank(run, other_start, candidates, 2, True, seed=5)
     assert not cached_other
 
 
@@ -94,8 +94,8 @@ def test_references_train_with_the_defense_the_adversary_assumes(attacked):
     candidates = run.split.clients[1][:20]
     plain = ReferenceRecipe(global_round_name(1), (2,), DefenseSpec(), 20)
     noisy = ReferenceRecipe(global_round_name(1), (2,), run.config.defenses[1], 20)
-    (a,), _ = reference_bank(run, "client:1", plain, candidates, 1, False, seed=3)
-    (b,), _ = reference_bank(run, "client:1", noisy, candidates, 1, False, seed=3)
+    (a,), _ = reference_bank(run, plain, candidates, 1, False, seed=3)
+    (b,), _ = reference_bank(run, noisy, candidates, 1, False, seed=3)
     assert np.array_equal(a.members, b.members) and not same_weights(a.model, b.model)
 
 
