@@ -14,7 +14,6 @@ from fedmia.attacks.blindmi import (
     posterior_features,
     sobel_images,
 )
-from fedmia.data import load_dataset
 from fedmia.errors import FedmiaError
 from fedmia.metrics import membership_metrics
 from fedmia.models import build_model
@@ -87,11 +86,6 @@ def test_parameters_and_knowledge_are_checked():
         BlindMiAttack(reference="gan")
     with pytest.raises(FedmiaError, match="population"):
         BlindMiAttack(reference="population").fit(AdversaryKnowledge(10))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 MEMBERS, NONMEMBERS = np.arange(0, 60), np.arange(400, 460)

@@ -16,11 +16,10 @@ from fedmia.attacks.base import (
     TargetView,
 )
 from fedmia.attacks.label_only import AugmentationAttack, BoundaryDistanceAttack, augment, shift_images
-from fedmia.data import load_dataset
 from fedmia.errors import FedmiaError
 from fedmia.metrics import membership_metrics
 from fedmia.models import build_model
-from fedmia.training import TrainingPlan, train_epochs
+from tests.attacks.planted import overfitted_cnn
 
 LABEL_ONLY = frozenset({LABELS})
 GRID = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
@@ -97,18 +96,6 @@ def test_fit_needs_a_reference_that_splits_the_population():
     everything = ReferenceModel(linear_model(np.ones((3, 3)), 0.0), np.arange(4))
     with pytest.raises(FedmiaError, match="both in and out"):
         AugmentationAttack().fit(AdversaryKnowledge(2, references=(everything,), population=pool))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-def overfitted_cnn(digits, indices: np.ndarray, seed: int) -> nn.Module:
-    model = build_model("cnn", (1, 8, 8), 10, seed=seed)
-    train_epochs(model, digits.images[indices], digits.labels[indices],
-                 TrainingPlan(batch_size=16, lr=0.05), seed, epochs=40)
-    return model
 
 
 def digit_samples(digits, indices: np.ndarray) -> Samples:

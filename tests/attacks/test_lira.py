@@ -12,7 +12,6 @@ from fedmia.attacks.base import AdversaryKnowledge, ReferenceRequest, TargetView
 from fedmia.attacks.lira import MIN_VARIANCE, LiraAttack
 from fedmia.attacks.references_util import MAX_QUERIES
 from fedmia.errors import FedmiaError
-from fedmia.metrics import membership_metrics
 from tests.attacks.test_references_util import (
     fixed_phi_model,
     hand_references,
@@ -20,6 +19,7 @@ from tests.attacks.test_references_util import (
     independent,
     planted,
 )
+from tests.attacks.planted import auc_and_accuracy
 
 # Three candidates (dataset indices 10, 11, 12), four references; phi = log-odds of the label.
 REFERENCE_PHIS = [[2.0, 1.0, 0.5], [4.0, 3.0, -1.0], [0.0, -1.0, 0.0], [-2.0, 1.0, 1.5]]
@@ -154,14 +154,6 @@ def test_references_answer_each_sample_set_once():
     target = TargetView(fixed_phi_model(TARGET_PHIS))
     np.testing.assert_array_equal(attack.score(target, candidates), attack.score(target, candidates))
     assert len(calls) == 4 * 2 * 2
-
-
-def auc_and_accuracy(attack: LiraAttack, scenario) -> tuple[float, float]:
-    attack.fit(scenario.knowledge)
-    scores = attack.score(TargetView(scenario.target), scenario.candidates)
-    assert np.all(np.isfinite(scores))
-    accuracy = float((attack.decide(scores) == scenario.membership.astype(bool)).mean())
-    return membership_metrics(scores, scenario.membership, 1e-3).auc, accuracy
 
 
 @pytest.mark.parametrize("online", [True, False])

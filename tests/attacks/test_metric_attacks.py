@@ -11,10 +11,10 @@ from torch import nn
 from fedmia.attacks import ATTACKS, AdversaryKnowledge, Samples, ShadowObservation, TargetView, make_attack
 from fedmia.attacks.base import best_threshold
 from fedmia.attacks.metric import METRIC_ATTACKS, LossAttack, ModifiedEntropyAttack
-from fedmia.data import load_dataset
 from fedmia.metrics import membership_metrics
 from fedmia.models import build_model
-from fedmia.training import TrainingPlan, predict_logits, train_epochs
+from fedmia.training import predict_logits
+from tests.attacks.planted import overfitted_cnn
 
 ln = np.log
 #: Logits whose softmax is exactly (0.6, 0.2, 0.2).
@@ -144,25 +144,11 @@ def test_target_model_computes_logits_once_per_array():
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-OVERFIT = TrainingPlan(batch_size=16, lr=0.05)
-
-
-def overfitted_cnn(digits, indices: np.ndarray, seed: int) -> nn.Module:
-    model = build_model("cnn", (1, 8, 8), 10, seed=seed)
-    train_epochs(model, digits.images[indices], digits.labels[indices], OVERFIT, seed, epochs=60)
-    return model
-
-
-@pytest.fixture(scope="module")
 def knowledge(digits) -> AdversaryKnowledge:
     """A shadow model the adversary trains itself, on data disjoint from the target's
     (indices 1000-1199): 60 shadow members, 140 shadow non-members."""
     inside, outside = np.arange(1000, 1060), np.arange(1060, 1200)
-    shadow = overfitted_cnn(digits, inside, seed=1)
+    shadow = overfitted_cnn(digits, inside, seed=1, epochs=60)
     indices = np.concatenate([inside, outside])
     membership = np.r_[np.ones(len(inside)), np.zeros(len(outside))].astype(int)
     logits = predict_logits(shadow, digits.images[indices])
@@ -184,7 +170,7 @@ def loss_attack_on(model: nn.Module, digits, members: np.ndarray, nonmembers: np
 
 def test_an_overfitted_model_leaks_its_members(digits, knowledge):
     members, nonmembers = np.arange(0, 60), np.arange(400, 460)
-    target = overfitted_cnn(digits, members, seed=0)
+    target = overfitted_cnn(digits, members, seed=0, epochs=60)
     auc, decisions_correct = loss_attack_on(target, digits, members, nonmembers, knowledge)
     assert auc > 0.8 and decisions_correct > 0.65
 

@@ -12,7 +12,6 @@ from fedmia.attacks.base import AdversaryKnowledge, ReferenceRequest, Samples, T
 from fedmia.attacks.references_util import population_sample
 from fedmia.attacks.rmia import RmiaAttack, log_mean_posterior, log_prior
 from fedmia.errors import FedmiaError
-from fedmia.metrics import membership_metrics
 from tests.attacks.test_references_util import (
     fixed_phi_model,
     hand_references,
@@ -20,6 +19,7 @@ from tests.attacks.test_references_util import (
     one_hot_images,
     planted,
 )
+from tests.attacks.planted import auc_and_accuracy
 
 # Seven one-hot records: candidates x (indices 10-12) are columns 0-2, population z (20-23)
 # columns 3-6. Each model's row gives the log-odds phi of label 1 per column.
@@ -172,14 +172,6 @@ def test_it_needs_references_a_population_and_a_fit():
         RmiaAttack().fit(AdversaryKnowledge(2, references=every_z, population=POPULATION))
     with pytest.raises(RuntimeError, match="fit"):
         RmiaAttack().score(TargetView(fixed_phi_model(TARGET_PHIS)), CANDIDATES)
-
-
-def auc_and_accuracy(attack: RmiaAttack, scenario) -> tuple[float, float]:
-    attack.fit(scenario.knowledge)
-    scores = attack.score(TargetView(scenario.target), scenario.candidates)
-    assert np.all(np.isfinite(scores))
-    accuracy = float((attack.decide(scores) == scenario.membership.astype(bool)).mean())
-    return membership_metrics(scores, scenario.membership, 1e-3).auc, accuracy
 
 
 @pytest.mark.parametrize("online", [True, False])

@@ -15,11 +15,11 @@ from fedmia.attacks.base import (
     TargetView,
 )
 from fedmia.attacks.shadow_nn import ShadowNnAttack, attack_features, member_log_odds
-from fedmia.data import load_dataset
 from fedmia.errors import FedmiaError
 from fedmia.metrics import membership_metrics
 from fedmia.models import build_model
-from fedmia.training import TrainingPlan, predict_logits, train_epochs
+from fedmia.training import predict_logits
+from tests.attacks.planted import overfitted_cnn
 
 PROBS = np.array([[0.1, 0.5, 0.15, 0.25]])
 
@@ -71,18 +71,6 @@ def test_scoring_before_fit_is_a_bug():
     with pytest.raises(RuntimeError, match="fit"):
         ShadowNnAttack().score(TargetView(nn.Flatten()), Samples(np.zeros((1, 1, 1, 2)), np.zeros(1),
                                                                    np.zeros(1)))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-def overfitted_cnn(digits, indices: np.ndarray, seed: int) -> nn.Module:
-    model = build_model("cnn", (1, 8, 8), 10, seed=seed)
-    train_epochs(model, digits.images[indices], digits.labels[indices],
-                 TrainingPlan(batch_size=16, lr=0.05), seed, epochs=40)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from fedmia.attacks.trajectory import (
     UpdateAlignmentAttack,
     update_alignment,
 )
-from fedmia.data import load_dataset
 from fedmia.errors import FedmiaError
 from fedmia.metrics import membership_metrics
 from fedmia.models import build_model
@@ -107,11 +106,6 @@ def test_fedmia_needs_two_other_uploads_in_some_round(others):
     samples = tiny_samples([0, 1])
     with pytest.raises(FedmiaError, match="needs at least 2 other clients' uploads.*--keep-uploads all"):
         scores_of(FedMiaAttack(), rounds, samples, samples, 2)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 PLAN = TrainingPlan(batch_size=8, lr=0.05)
