@@ -425,13 +425,19 @@ OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", 
 WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name not in OPTIONAL_KEYS) | {"client"}
 
 
+#: What a run written before an optional key existed did: it kept only each client's last upload.
+EARLIER_RUNS = {"keep_uploads": "last"}
+
+
 def load_run_config(text: str) -> RunConfig:
-    """A run directory's config.toml, which must list every key (see `WRITTEN_KEYS`)."""
+    """A run directory's config.toml, which must list every key (see `WRITTEN_KEYS`); an
+    optional key it lacks takes the value runs had before the key existed (`EARLIER_RUNS`)."""
     data = tomllib.loads(text)
-    missing = sorted(WRITTEN_KEYS - {_key_name(key) for key in data})
+    keys = {_key_name(key) for key in data}
+    missing = sorted(WRITTEN_KEYS - keys)
     if missing:
         raise FedmiaError(f"it lacks {', '.join(missing)}, which a run's config.toml always lists")
-    return resolve_config(data, {})
+    return resolve_config({**{k: v for k, v in EARLIER_RUNS.items() if k not in keys}, **data}, {})
 
 
 def load_toml(path: Path) -> dict[str, Any]:

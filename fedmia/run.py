@@ -9,7 +9,6 @@ for who holds which sample.
 from __future__ import annotations
 
 import platform
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedmia.config import RunConfig, resolve_config
+from fedmia.config import RunConfig, load_run_config
 from fedmia.data import ArrayDataset, PrivacySplit, load_dataset, make_privacy_split
 from fedmia.defenses import ClientData
 from fedmia.models import build_model
@@ -113,7 +112,7 @@ def load_prepared_run(path: str) -> PreparedRun:
     """The run a server prepared at `path`, loaded once per process (clients call this every
     round; only the first call reads the data)."""
     rundir = RunDirectory(path)
-    config = resolve_config(tomllib.loads((rundir.path / "config.toml").read_text()), {})
+    config = load_run_config((rundir.path / "config.toml").read_text())
     dataset = load_dataset(config.dataset, Path(config.data_dir) if config.data_dir else None,
                            download=False)
     split = PrivacySplit.from_dict(rundir.read_json("manifest.json")["split"])

@@ -4,7 +4,7 @@ import tomllib
 
 import pytest
 
-from fedmia.config import RunConfig, clients_from_groups, resolve_config, spread
+from fedmia.config import RunConfig, clients_from_groups, load_run_config, resolve_config, spread
 from fedmia.defenses import DefenseSpec
 from fedmia.errors import FedmiaError
 
@@ -135,3 +135,10 @@ def test_top_level_defense_keys_in_a_file_work_like_the_flags():
 def test_absurd_sizes_and_wrong_types_are_bounded(settings, message):
     with pytest.raises(FedmiaError, match=message):
         resolve_config(None, settings)
+
+
+def test_a_run_written_before_keep_uploads_existed_kept_only_last_uploads():
+    text = RunConfig(clients=2, out="runs/old").to_toml()
+    earlier = "\n".join(line for line in text.splitlines() if not line.startswith("keep_uploads"))
+    assert load_run_config(earlier).keep_uploads == "last"
+    assert load_run_config(text).keep_uploads == "all"
