@@ -43,6 +43,8 @@ MAX_BATCH_SIZE = 100_000
 MAX_SEED = 2**32 - 1
 #: Each attack worker holds the dataset in memory: more than this is a typo.
 MAX_ATTACK_WORKERS = 256
+#: Far above any dataset fedmia loads (CIFAR has 60,000 samples).
+MAX_DATASET_SIZE = 100_000_000
 
 #: Keys that set one defense for every client (flags, or top-level keys of a config file).
 DEFENSE_KEYS = ("defense", "epsilon", "delta", "max_grad_norm", "accountant")
@@ -102,7 +104,7 @@ NUMERIC_KEYS = {
     "client_dp_noise": Range(0),
     "client_dp_clip": Range(0, low_open=True),
     "attack_workers": Range(0, MAX_ATTACK_WORKERS, integer=True),
-    "dataset_size": Range(0, integer=True),
+    "dataset_size": Range(0, MAX_DATASET_SIZE, integer=True),
 }
 TEXT_KEYS = ("dataset", "model", "partition", "out", "device", "client_dp")
 

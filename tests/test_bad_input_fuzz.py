@@ -10,6 +10,7 @@ import contextlib
 import io
 import math
 import re
+from dataclasses import fields
 
 import pytest
 import tomli_w
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from fedmia.attacks import ATTACKS
 from fedmia.cli import main
-from fedmia.config import CLIENT_DP_MODES, NUMERIC_KEYS, PartitionSpec
+from fedmia.config import CLIENT_DP_MODES, DEFENSE_KEYS, NUMERIC_KEYS, PartitionSpec, RunConfig
 from fedmia.data import DATASETS
 from fedmia.errors import FedmiaError
 from fedmia.models import MODELS
@@ -92,6 +93,10 @@ attack_name = st.sampled_from(list(ATTACKS)) | st.text(alphabet=st.characters(bl
 clients_and_a_list_that_does_not_divide = st.integers(2, 60).flatmap(
     lambda clients: st.tuples(st.just(clients), st.integers(1, clients).filter(lambda k: clients % k)))
 
+#: Every key a config file accepts, in its dashed form.
+FILE_KEYS = {f.name.replace("_", "-") for f in fields(RunConfig)} | {
+    key.replace("_", "-") for key in DEFENSE_KEYS} | {"client", "attack"}
+
 bad_flags = st.one_of(
     st.sampled_from(INT_KEYS).flatmap(lambda key: out_of_range_int(key).map(lambda v: [f"{flag(key)}={v}"])),
     st.sampled_from(FLOAT_KEYS).flatmap(lambda key: bad_float(key).map(lambda v: [f"{flag(key)}={v}"])),
@@ -149,10 +154,7 @@ bad_file_values = st.one_of(
     st.tuples(st.just("download"), st.integers() | st.text(max_size=4)),
     st.tuples(st.just("attacks"), st.integers() | st.booleans() | st.lists(attack_name, max_size=6).filter(is_bad_attack_list)),
     st.tuples(st.just("client"), st.integers() | st.text(max_size=4) | st.lists(st.integers(), min_size=1, max_size=2) | bad_groups),
-    st.tuples(identifier.filter(lambda key: key.replace("_", "-") not in (
-        "clients rounds dataset model partition local-epochs batch-size lr fraction seed out data-dir download "
-        "device client-cpus client-gpus attacks client-dp client-dp-noise client-dp-clip client defense "
-        "epsilon delta max-grad-norm accountant").split()), st.integers()),
+    st.tuples(identifier.filter(lambda key: key.replace("_", "-") not in FILE_KEYS), st.integers()),
 )
 
 
