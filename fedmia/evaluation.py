@@ -172,13 +172,13 @@ def attack_scope(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
     """Fit every attack its adversary runs on the adversary's knowledge, score the balanced
     candidate set, save the scores, bound epsilon on the held-out half, and measure the
     target's train and test accuracy."""
-    setup = setup_scope(run, task, records)
+    wanted = [(spec, spec.build()) for spec in scope_attacks(run, task.adversary)]
+    setup = setup_scope(run, task, records, frozenset().union(*(attack.requires for _, attack in wanted)))
     indices, labels = setup.candidates, setup.membership
     samples = Samples(run.images(indices), run.labels(indices), indices)
     halves = split_halves(samples.labels, labels, setup.rng)
-    specs = [spec for spec in scope_attacks(run, task.adversary)
-             if spec.build().requires <= setup.target.access]
-    attacks = [spec.build() for spec in specs]
+    specs = [spec for spec, attack in wanted if attack.requires <= setup.target.access]
+    attacks = [attack for _, attack in wanted if attack.requires <= setup.target.access]
     banks, reference_seconds, cached = reference_banks(run, task, setup, attacks)
     metrics, decisions, all_scores, seconds = {}, {}, {}, {}
     for spec, attack in zip(specs, attacks):

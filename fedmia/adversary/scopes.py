@@ -32,6 +32,7 @@ from fedmia.adversary.views import client_rounds, global_rounds, load, malicious
 from fedmia.attacks.base import (
     ACCESSES,
     PEER_UPLOADS,
+    TRAJECTORY,
     AdversaryKnowledge,
     OutputGranularity,
     Samples,
@@ -136,7 +137,8 @@ def _timed_shadow(run: PreparedRun, start: nn.Module, size: int, epochs: int,
     return shadow, time.perf_counter() - started
 
 
-def setup_global(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]]) -> ScopeSetup:
+def setup_global(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]],
+                 needs: frozenset[str]) -> ScopeSetup:
     """The final global model, for the server (`global`) or the querier (`querier`): the same
     candidates and shadow, different access."""
     config = run.config
@@ -148,7 +150,8 @@ def setup_global(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
         granularity = OutputGranularity.parse(config.querier_output)
         target = TargetView(model, querier_access(granularity), granularity=granularity, device=config.device)
     else:
-        target = TargetView(model, ALONE, rounds=global_rounds(run, records), device=config.device)
+        rounds = global_rounds(run, records) if TRAJECTORY in needs else ()
+        target = TargetView(model, ALONE, rounds=rounds, device=config.device)
     shadow, seconds = _timed_shadow(run, run.new_model(), len(members), config.rounds * config.local_epochs,
                                     round_seed(config.seed, 1_000_003))
     recipe = ReferenceRecipe(None, tuple(range(1, config.rounds + 1)), assumed_defense(run), len(members))
@@ -157,7 +160,8 @@ def setup_global(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
                       default_delta(len(members)), seconds)
 
 
-def setup_client(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]]) -> ScopeSetup:
+def setup_client(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]],
+                 needs: frozenset[str]) -> ScopeSetup:
     """Client k's last upload (sent in `task.upload_round`), seen by the server."""
     config, client = run.config, task.client
     assert client is not None
@@ -165,8 +169,8 @@ def setup_client(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
     rng = np.random.default_rng(round_seed(config.seed, 2_000_004, client))
     indices, membership = balanced_eval_set(members, run.split.nonmembers, run.dataset.labels, rng)
     model = load(run, client_model_name(client))
-    target = TargetView(model, frozenset(ACCESSES), rounds=client_rounds(run, client, records),
-                        device=config.device)
+    rounds = client_rounds(run, client, records, PEER_UPLOADS in needs) if TRAJECTORY in needs else ()
+    target = TargetView(model, frozenset(ACCESSES), rounds=rounds, device=config.device)
     start = global_round_name(task.upload_round - 1)
     shadow, seconds = _timed_shadow(run, load(run, start), len(members), config.local_epochs,
                                     round_seed(config.seed, 2_000_003, client))
@@ -176,7 +180,8 @@ def setup_client(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
                       task.delta, seconds)
 
 
-def setup_malicious(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]]) -> ScopeSetup:
+def setup_malicious(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]],
+                    needs: frozenset[str]) -> ScopeSetup:
     """Malicious client j against the other clients' data: the global models it received, its
     own data as known members (its reference models train on it beside the population)."""
     config, client = run.config, task.client
@@ -184,8 +189,8 @@ def setup_malicious(run: PreparedRun, task: ScopeTask, records: list[dict[str, A
     members = malicious_members(run.split, client)
     indices, membership, rng = malicious_candidates(run.split, run.dataset.labels, config.seed, client)
     model = load(run, FINAL_GLOBAL_MODEL)
-    target = TargetView(model, ALONE, rounds=malicious_rounds(run, client, records),
-                        device=config.device)
+    rounds = malicious_rounds(run, client, records) if TRAJECTORY in needs else ()
+    target = TargetView(model, ALONE, rounds=rounds, device=config.device)
     shadow, seconds = _timed_shadow(run, run.new_model(), len(members), config.rounds * config.local_epochs,
                                     round_seed(config.seed, 4_000_003, client))
     own = samples_of(run, run.split.clients[client])
@@ -196,9 +201,12 @@ def setup_malicious(run: PreparedRun, task: ScopeTask, records: list[dict[str, A
                       default_delta(len(members)), seconds)
 
 
-def setup_scope(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]]) -> ScopeSetup:
+def setup_scope(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]],
+                needs: frozenset[str] = frozenset(ACCESSES)) -> ScopeSetup:
+    """The scope of `task`; `needs` (the accesses its attacks require) spares loading the
+    rounds' models, and the peers' uploads, where no attack reads them."""
     if task.adversary.startswith("client:"):
-        return setup_malicious(run, task, records)
+        return setup_malicious(run, task, records, needs)
     if task.client is None:
-        return setup_global(run, task, records)
-    return setup_client(run, task, records)
+        return setup_global(run, task, records, needs)
+    return setup_client(run, task, records, needs)

@@ -26,9 +26,11 @@ def uploads_by_round(records: list[dict[str, Any]]) -> dict[int, list[int]]:
             for record in records}
 
 
-def client_rounds(run: PreparedRun, client: int, records: list[dict[str, Any]]) -> tuple[RoundView, ...]:
+def client_rounds(run: PreparedRun, client: int, records: list[dict[str, Any]],
+                  with_peers: bool = True) -> tuple[RoundView, ...]:
     """Client `client`'s uploads as the server kept them: every round the keep policy kept,
-    and the last upload (always kept)."""
+    and the last upload (always kept); with the other clients' uploads of those rounds when
+    `with_peers` (K clients' scopes load K^2 uploads a round, so only when an attack reads them)."""
     policy = KeepPolicy.parse(run.config.keep_uploads)
     uploads = uploads_by_round(records)
     rounds = [r for r, clients in sorted(uploads.items()) if client in clients]
@@ -39,7 +41,7 @@ def client_rounds(run: PreparedRun, client: int, records: list[dict[str, Any]]) 
             continue
         name = upload_name(client, server_round) if policy.keeps(server_round) else client_model_name(client)
         others = tuple(load(run, upload_name(other, server_round)) for other in uploads[server_round]
-                       if other != client and policy.keeps(server_round))
+                       if other != client and policy.keeps(server_round) and with_peers)
         views.append(RoundView(server_round, load(run, global_round_name(server_round - 1)),
                                load(run, name), others))
     return tuple(views)
