@@ -55,7 +55,7 @@ from fedmia.adversary.scopes import (
     train_shadow,
 )
 from fedmia.adversary.threats import QUERIER, SERVER, malicious_clients
-from fedmia.attacks import AttackSpec, ReferenceModel, Samples, parse_attack_specs
+from fedmia.attacks import AttackSpec, MembershipAttack, ReferenceModel, Samples, parse_attack_specs
 from fedmia.config import RunConfig
 from fedmia.metrics import (
     BOUND_HALF,
@@ -149,8 +149,8 @@ def scope_attacks(run: PreparedRun, adversary: str) -> list[AttackSpec]:
             if adversary in {model.name for model in adversaries_running(spec, models)}]
 
 
-def reference_banks(run: PreparedRun, task: ScopeTask, setup: ScopeSetup,
-                    attacks: list) -> tuple[dict[bool, tuple[ReferenceModel, ...]], float, bool]:
+def reference_banks(run: PreparedRun, setup: ScopeSetup, attacks: list[MembershipAttack]
+                    ) -> tuple[dict[bool, tuple[ReferenceModel, ...]], float, bool]:
     """The reference models the attacks ask for: one bank per kind (online, offline) with as
     many models as the most demanding attack wants; each attack gets the first ones it asks
     for. Returns (banks, seconds, whether every bank came from the cache)."""
@@ -177,11 +177,10 @@ def attack_scope(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
     indices, labels = setup.candidates, setup.membership
     samples = Samples(run.images(indices), run.labels(indices), indices)
     halves = split_halves(samples.labels, labels, setup.rng)
-    specs = [spec for spec, attack in wanted if attack.requires <= setup.target.access]
-    attacks = [attack for _, attack in wanted if attack.requires <= setup.target.access]
-    banks, reference_seconds, cached = reference_banks(run, task, setup, attacks)
+    runnable = [(spec, attack) for spec, attack in wanted if attack.requires <= setup.target.access]
+    banks, reference_seconds, cached = reference_banks(run, setup, [attack for _, attack in runnable])
     metrics, decisions, all_scores, seconds = {}, {}, {}, {}
-    for spec, attack in zip(specs, attacks):
+    for spec, attack in runnable:
         started = time.perf_counter()
         request = attack.references_needed()
         references = banks[request.online][:request.count] if request else ()

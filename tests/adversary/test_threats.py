@@ -56,6 +56,9 @@ def test_unrestricted_attacks_run_wherever_they_can():
     ({"adversaries": ("server", "oracle")}, "unknown adversary"),
     ({"querier_output": "top-k:0"}, "querier output"),
     ({"keep_uploads": "some"}, "keep-uploads"),
+    ({"attacks": ("fedmia",)}, "no attack in --attacks runs on every scope of the server"),
+    ({"adversaries": ("server", "querier"), "querier_output": "label", "attacks": ("loss",)},
+     "no attack in --attacks runs on every scope of the querier"),
 ])
 def test_bad_adversary_settings_are_one_line_errors(flags, message):
     with pytest.raises(FedmiaError, match=message):
