@@ -24,7 +24,7 @@ from fedmia.data import DATASETS
 from fedmia.errors import FedmiaError
 from fedmia.models import MODELS
 
-FUZZ = settings(max_examples=60, deadline=None, database=None,
+FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 INT_KEYS = [key for key, rule in NUMERIC_KEYS.items() if rule.integer]
 FLOAT_KEYS = [key for key, rule in NUMERIC_KEYS.items() if not rule.integer]
