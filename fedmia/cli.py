@@ -50,6 +50,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     flag("--dataset", help=f"digits, fashion-mnist, mnist, cifar10, cifar100 (default: {d['dataset']})")
     flag("--dataset-size", type=int, help="use a seeded, label-stratified draw of this many samples of the "
                                           f"dataset; 0 = all (default: {d['dataset_size']})")
+    flag("--public-size", type=int, help="set this many samples aside as a public pool every client may "
+                                         f"use (distill's reference set); 0 = none (default: {d['public_size']})")
     flag("--model", help=f"cnn, resnet18, vgg11 (default: {d['model']})")
     flag("--partition", help=f"iid, dirichlet:ALPHA or classes:K (default: {d['partition']})")
     flag("--local-epochs", type=int, help=f"local epochs per round, at most {MAX_LOCAL_EPOCHS} "
@@ -64,6 +66,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                                                   "run directory is ever cleared)")
     flag("--data-dir", help="folder holding the dataset files; must exist unless --download "
                             "(default: $FEDMIA_DATA, then the Debian dataset folder for fashion-mnist)")
+    flag("--cache-dir", help="folder for defenses' one-time preparation (diffusion models, teachers), "
+                             "reused by later rounds and runs (default: $FEDMIA_CACHE_DIR, then ~/.cache/fedmia)")
     flag("--download", action="store_true", default=None,
          help="let torchvision download the dataset when online (default: off)")
     flag("--device", help=f"cpu or cuda[:N] (default: {d['device']})")

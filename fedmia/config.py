@@ -105,6 +105,7 @@ NUMERIC_KEYS = {
     "client_dp_clip": Range(0, low_open=True),
     "attack_workers": Range(0, MAX_ATTACK_WORKERS, integer=True),
     "dataset_size": Range(0, MAX_DATASET_SIZE, integer=True),
+    "public_size": Range(0, MAX_DATASET_SIZE, integer=True),
 }
 TEXT_KEYS = ("dataset", "model", "partition", "out", "device", "client_dp")
 
@@ -118,6 +119,9 @@ class RunConfig:
     dataset: str = "digits"
     #: Samples of the dataset the split uses (a stratified, seeded draw); 0: all of them.
     dataset_size: int = 0
+    #: Samples set aside as a public pool every client may use (e.g. distillation's reference
+    #: set); 0: none.
+    public_size: int = 0
     model: str = "cnn"
     partition: str = "iid"
     local_epochs: int = 2
@@ -128,6 +132,8 @@ class RunConfig:
     #: None: `runs/<dataset>-<clients>c-<rounds>r-seed<seed>`.
     out: str | None = None
     data_dir: str | None = None
+    #: Where defenses keep their one-time preparation (None: $FEDMIA_CACHE_DIR or ~/.cache/fedmia).
+    cache_dir: str | None = None
     download: bool = False
     device: str = "cpu"
     client_cpus: float = 1.0
@@ -185,8 +191,10 @@ def check_types(config: RunConfig) -> None:
         value = getattr(config, key)
         if not isinstance(value, str) or not value.strip():
             raise FedmiaError(f"{flag_name(key)} must be a non-empty text, got {value!r}")
-    if config.data_dir is not None and (not isinstance(config.data_dir, str) or not config.data_dir.strip()):
-        raise FedmiaError(f"--data-dir must name a folder, got {config.data_dir!r}")
+    for key in ("data_dir", "cache_dir"):
+        value = getattr(config, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise FedmiaError(f"{flag_name(key)} must name a folder, got {value!r}")
     if not isinstance(config.download, bool):
         raise FedmiaError(f"download must be true or false, got {config.download!r}")
     check_attacks(config.attacks)
@@ -423,7 +431,8 @@ _FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.n
 #: The keys `RunConfig.to_toml` always writes (data_dir only when set): a run's config.toml
 #: without one of them was truncated or edited. attack_workers changes no result, so a run
 #: written before it existed stays valid.
-OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", "keep_uploads", "dataset_size")
+OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", "keep_uploads", "dataset_size",
+                 "public_size", "cache_dir")
 WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name not in OPTIONAL_KEYS) | {"client"}
 
 

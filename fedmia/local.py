@@ -12,7 +12,7 @@ from torch import nn
 from fedmia.adversary.active import gradient_ascent
 from fedmia.adversary.candidates import malicious_candidates
 from fedmia.defenses import RoundContext, RoundReport
-from fedmia.run import PreparedRun, round_seed
+from fedmia.run import PreparedRun, preparation_seed, round_seed
 
 #: The role whose upload is pushed up its candidates' loss after the honest round.
 ACTIVE_ROLE = "malicious:active"
@@ -35,11 +35,10 @@ def run_local_round(run: PreparedRun, client: int, global_state: dict[str, torch
     """Train client `client` for one round; `defense_state` is None on its first round."""
     defense = run.config.defenses[client].build()
     data = run.client_data(client)
+    defense.prepare(data, run.plan, preparation_seed(run, client), run.preparation_cache)
     seed = round_seed(run.config.seed, client, server_round)
     torch.manual_seed(seed)
-    if defense_state is None:
-        defense.prepare(data, run.plan, seed)
-    else:
+    if defense_state is not None:
         defense.load_state_dict(defense_state)
     model = run.model_from_state(global_state)
     context = RoundContext(server_round, run.config.rounds, run.plan, seed)

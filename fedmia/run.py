@@ -21,7 +21,7 @@ from torch import nn
 
 from fedmia.config import RunConfig, load_run_config
 from fedmia.data import ArrayDataset, PrivacySplit, load_dataset, make_privacy_split
-from fedmia.defenses import ClientData
+from fedmia.defenses import ClientData, PreparationCache
 from fedmia.models import build_model
 from fedmia.rundir import RunDirectory
 from fedmia.seeding import round_seed
@@ -72,8 +72,14 @@ class PreparedRun:
         return self.dataset.labels[indices]
 
     def client_data(self, client: int) -> ClientData:
-        indices = self.split.clients[client]
-        return ClientData(client, self.images(indices), self.labels(indices), self.dataset.num_classes)
+        """The client's records and the run's public pool."""
+        indices, public = self.split.clients[client], self.split.public
+        return ClientData(client, self.images(indices), self.labels(indices), self.dataset.num_classes,
+                          self.images(public), self.labels(public))
+
+    @property
+    def preparation_cache(self) -> PreparationCache:
+        return PreparationCache(self.config.cache_dir)
 
     def manifest(self) -> dict[str, Any]:
         c = self.config
@@ -99,7 +105,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     dataset = load_dataset(config.dataset, Path(config.data_dir) if config.data_dir else None,
                            config.download)
     split = make_privacy_split(dataset.labels, config.clients, config.partition_spec, config.seed,
-                               pool_size=config.dataset_size)
+                               pool_size=config.dataset_size, public_size=config.public_size)
     run = PreparedRun(config, dataset, split, RunDirectory(config.out).create())
     run.rundir.write_text("config.toml", config.to_toml())
     run.rundir.write_json("manifest.json", run.manifest())
@@ -117,6 +123,15 @@ def load_prepared_run(path: str) -> PreparedRun:
                            download=False)
     split = PrivacySplit.from_dict(rundir.read_json("manifest.json")["split"])
     return PreparedRun(config, dataset, split, rundir)
+
+
+#: The key of the seed a client's defense prepares with: the same every round, so the
+#: preparation cache finds it again.
+PREPARATION_KEY = 4_000_001
+
+
+def preparation_seed(run: PreparedRun, client: int) -> int:
+    return round_seed(run.config.seed, client, PREPARATION_KEY)
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, server_round: int) -> list[int]:

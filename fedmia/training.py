@@ -14,7 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedmia.seeding import stream_generator
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: Turns a batch (images, probability targets) into the batch a step trains on (e.g. mixup).
+Mixer = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -66,26 +70,47 @@ def train_epochs(
     epochs: int | None = None,
     loss_fn: LossFn = nn.functional.cross_entropy,
     optimizer: torch.optim.Optimizer | None = None,
+    soft_targets: np.ndarray | None = None,
+    mix: Mixer | None = None,
+    num_classes: int = 0,
 ) -> TrainStats:
-    """Plain minibatch SGD for `epochs` (default: the plan's local epochs)."""
+    """Minibatch SGD for `epochs` (default: the plan's local epochs). `loss_fn` gets the labels,
+    or the rows of `soft_targets` (probability vectors) when given; `mix` (with `num_classes`
+    for one-hot targets) turns each batch into the one trained on. Accuracy counts the batch's
+    labels."""
     started = time.perf_counter()
     model.to(plan.device).train()
     optimizer = optimizer or make_optimizer(model, plan)
-    inputs, targets = as_tensors(images, labels, plan.device)
+    inputs, hard = as_tensors(images, labels, plan.device)
+    targets = hard if soft_targets is None and mix is None else _probabilities(
+        soft_targets, hard, num_classes, plan.device)
+    mixing = stream_generator(seed, "mixing", plan.device) if mix is not None else None
     rng = np.random.default_rng(seed)
     total_loss, correct, seen = 0.0, 0, 0
     for _ in range(plan.local_epochs if epochs is None else epochs):
         for batch in minibatches(len(labels), plan.batch_size, rng):
             optimizer.zero_grad(set_to_none=True)
-            logits = model(inputs[batch])
-            loss = loss_fn(logits, targets[batch])
+            batch_inputs, batch_targets = inputs[batch], targets[batch]
+            if mix is not None and mixing is not None:
+                batch_inputs, batch_targets = mix(batch_inputs, batch_targets, mixing)
+            logits = model(batch_inputs)
+            loss = loss_fn(logits, batch_targets)
             loss.backward()
             optimizer.step()
             total_loss += float(loss.detach()) * len(batch)
-            correct += int((logits.argmax(1) == targets[batch]).sum())
+            correct += int((logits.argmax(1) == hard[batch]).sum())
             seen += len(batch)
     return TrainStats(total_loss / max(seen, 1), correct / max(seen, 1), seen,
                       time.perf_counter() - started)
+
+
+def _probabilities(soft_targets: np.ndarray | None, labels: torch.Tensor, num_classes: int,
+                   device: str) -> torch.Tensor:
+    if soft_targets is not None:
+        return torch.as_tensor(soft_targets, dtype=torch.float32, device=device)
+    if num_classes < 1:
+        raise ValueError("mixing one-hot targets needs num_classes")
+    return nn.functional.one_hot(labels, num_classes).float()
 
 
 @torch.no_grad()

@@ -83,10 +83,12 @@ def train_reference(run: PreparedRun, recipe: ReferenceRecipe, members: np.ndarr
     its defense, exactly as a client trains (`Defense.prepare` then `train_round` per round)."""
     start = run.rundir.load_model(recipe.start) if recipe.start else None
     model = run.model_from_state(start) if start is not None else run.new_model()
-    data = ClientData(-1, run.images(members), run.labels(members), run.dataset.num_classes)
+    public = run.split.public
+    data = ClientData(-1, run.images(members), run.labels(members), run.dataset.num_classes,
+                      run.images(public), run.labels(public))
     defense = recipe.defense.build()
     torch.manual_seed(seed)
-    defense.prepare(data, run.plan, seed)
+    defense.prepare(data, run.plan, seed, run.preparation_cache)
     for server_round in recipe.rounds:
         context = RoundContext(server_round, run.config.rounds, run.plan, round_seed(seed, server_round))
         defense.train_round(model, data, context)

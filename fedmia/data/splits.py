@@ -3,7 +3,10 @@
 - members: each client's training data (the union is the global scope's member set);
 - non-members: held out, same distribution, never seen by any client (to evaluate attacks);
 - population: the adversary's own data (shadow/reference models, calibration);
-- test: utility of the global and per-client models.
+- test: utility of the global and per-client models;
+- public (optional, `public_size`): data every client may use besides its own, e.g. the
+  reference set a distillation defense labels with its teacher; carved first, so a run without
+  one splits exactly as before.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ class PrivacySplit:
     population: np.ndarray
     test: np.ndarray
     fractions: SplitFractions = field(default_factory=SplitFractions)
+    public: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
-        pools = [*self.clients, self.nonmembers, self.population, self.test]
+        pools = [*self.clients, self.nonmembers, self.population, self.test, self.public]
         everything = np.concatenate(pools)
         if len(np.unique(everything)) != len(everything) or (everything < 0).any():
             raise FedmiaError("the split's pools overlap or hold negative indices; "
@@ -63,6 +67,7 @@ class PrivacySplit:
             "nonmembers": self.nonmembers.tolist(),
             "population": self.population.tolist(),
             "test": self.test.tolist(),
+            "public": self.public.tolist(),
         }
 
     @classmethod
@@ -76,6 +81,7 @@ class PrivacySplit:
             population=as_indices(data["population"]),
             test=as_indices(data["test"]),
             fractions=SplitFractions(**data["fractions"]),
+            public=as_indices(data.get("public", [])),
         )
 
 
@@ -93,8 +99,10 @@ def _carve(indices: np.ndarray, labels: np.ndarray, size: int,
     return np.sort(taken), rest
 
 
-#: Seed offsets of the test, population and non-member carves (the pool draw uses the next one).
+#: Seed offsets of the test, population and non-member carves (the pool draw uses the next one,
+#: the public pool the one after).
 POOL_OFFSETS = (0, 1, 2)
+PUBLIC_OFFSET = len(POOL_OFFSETS) + 1
 
 
 def make_privacy_split(
@@ -104,14 +112,23 @@ def make_privacy_split(
     seed: int,
     fractions: SplitFractions | None = None,
     pool_size: int = 0,
+    public_size: int = 0,
 ) -> PrivacySplit:
-    """Deterministic in (labels, num_clients, partition, seed, fractions, pool_size).
+    """Deterministic in (labels, num_clients, partition, seed, fractions, pool_size, public_size).
     `pool_size` > 0 first draws that many samples, stratified by label, and splits only them:
-    a small, leaky federation from a large dataset."""
+    a small, leaky federation from a large dataset. `public_size` > 0 then sets that many
+    aside as the public pool, and the fractions apply to the rest."""
     fractions = fractions or SplitFractions()
     pool = np.arange(len(labels), dtype=np.int64)
     if 0 < pool_size < len(labels):
         pool, _ = _carve(pool, labels, pool_size, seed + len(POOL_OFFSETS))
+    public = np.zeros(0, dtype=np.int64)
+    if public_size > 0:
+        if public_size > len(pool) // 2:
+            raise FedmiaError(f"public_size {public_size} would take more than half of the {len(pool)} "
+                              "samples; lower --public-size")
+        public, pool = _carve(pool, labels, public_size, seed + PUBLIC_OFFSET)
+        pool = np.sort(pool)
     total = len(pool)
     sizes = [int(total * f) for f in (fractions.test, fractions.population, fractions.nonmembers)]
     if min(sizes) < 2 or int(total * fractions.members) < num_clients:
@@ -127,4 +144,4 @@ def make_privacy_split(
     test, population, nonmembers = pools
     member_pool = np.sort(rest[: int(total * fractions.members)])
     clients = partition_indices(member_pool, labels[member_pool], num_clients, partition, seed)
-    return PrivacySplit(tuple(clients), nonmembers, population, test, fractions)
+    return PrivacySplit(tuple(clients), nonmembers, population, test, fractions, public)

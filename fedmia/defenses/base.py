@@ -1,9 +1,10 @@
 """The interface every local defense implements.
 
 A defense is chosen per client. It is built once from its parameters (checked up front),
-may `prepare` once per client (e.g. synthesize data, train a teacher), then trains the
-received global model every round it is selected. Flower rebuilds clients each round, so all
-state that must survive a round (an accountant's history, a budget) goes through
+`prepare`s before every round (expensive work, such as synthesizing data or training a
+teacher, goes through the `PreparationCache`, so only the first call pays for it), then trains
+the received global model every round it is selected. Flower rebuilds clients each round, so
+all state that must survive a round (an accountant's history, a budget) goes through
 `state_dict`/`load_state_dict` as plain JSON values; the caller persists it.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
+from fedmia.defenses.cache import PreparationCache, PreparationRecord
 from fedmia.errors import FedmiaError
 from fedmia.privacy.budget import PrivacySpent
 from fedmia.training import TrainingPlan
@@ -26,15 +28,25 @@ JSONValue = Any
 
 @dataclass(frozen=True)
 class ClientData:
-    """What a client may train on: its own members, and nothing else."""
+    """What a client may train on: its own members, and the run's public pool (empty unless
+    the run sets `public_size`), which every client and the adversary may read."""
 
     client_id: int
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
+    public_images: np.ndarray | None = None
+    public_labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def public(self, needed_by: str) -> tuple[np.ndarray, np.ndarray]:
+        """The public pool; a defense that needs one names itself in the error."""
+        if self.public_images is None or self.public_labels is None or not len(self.public_labels):
+            raise FedmiaError(f"defense {needed_by!r} needs a public pool; set public_size "
+                              "(--public-size N) to carve one out of the dataset")
+        return self.public_images, self.public_labels
 
 
 @dataclass(frozen=True)
@@ -94,8 +106,11 @@ class Defense(ABC):
         takes = f"its parameters are {listing}" if accepted else "it takes no parameters"
         raise FedmiaError(f"defense {cls.name!r} {problem}; {takes}")
 
-    def prepare(self, data: ClientData, plan: TrainingPlan, seed: int) -> None:
-        """One-time, per-client work before the first round; nothing by default."""
+    def prepare(self, data: ClientData, plan: TrainingPlan, seed: int,
+                cache: PreparationCache) -> list[PreparationRecord]:
+        """Per-client work before a round; the same `seed` every round, so cached work is found
+        again. Returns what was prepared or reused (nothing by default)."""
+        return []
 
     @abstractmethod
     def train_round(self, model: nn.Module, data: ClientData, context: RoundContext) -> RoundReport:

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from fedmia.defenses.base import ClientData, RoundContext, check_param
-from fedmia.defenses.private import PrivateDefense, StepPlan, noisy_sgd
+from fedmia.defenses.private import PrivateDefense, StepInputs, StepPlan, noisy_sgd
 from fedmia.privacy.gradients import ClipGroup, PerSampleGradients
 
 
@@ -21,8 +21,8 @@ class DPSGD(PrivateDefense):
         super().__init__(epsilon, delta, accountant)
         self.max_grad_norm = check_param("max_grad_norm", max_grad_norm, 1e-6, defense=self.name)
 
-    def train_private(self, model: nn.Module, gradients: PerSampleGradients, data: ClientData,
-                      context: RoundContext, plan: StepPlan) -> dict[str, Any]:
+    def train_private(self, model: nn.Module, gradients: PerSampleGradients, inputs: StepInputs,
+                      data: ClientData, context: RoundContext, plan: StepPlan) -> dict[str, Any]:
         whole_model = [ClipGroup(tuple(gradients.layers), self.max_grad_norm, plan.noise_multiplier)]
-        noisy_sgd(model, gradients, data, context, plan, lambda step: whole_model)
+        noisy_sgd(model, gradients, inputs, context, plan, lambda step: whole_model)
         return {"max_grad_norm": self.max_grad_norm}

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from fedmia.defenses.base import ClientData, RoundContext, check_param
-from fedmia.defenses.private import PrivateDefense, StepPlan, noisy_sgd
+from fedmia.defenses.private import PrivateDefense, StepInputs, StepPlan, noisy_sgd
 from fedmia.errors import FedmiaError
 from fedmia.privacy.accounting import allocate_layer_sigmas, effective_noise_multiplier
 from fedmia.privacy.gradients import ClipGroup, PerSampleGradients
@@ -95,8 +95,8 @@ class LayeredAdaptiveDP(PrivateDefense):
                               "number of local steps")
         self.reallocate_every = int(every)
 
-    def train_private(self, model: nn.Module, gradients: PerSampleGradients, data: ClientData,
-                      context: RoundContext, plan: StepPlan) -> dict[str, Any]:
+    def train_private(self, model: nn.Module, gradients: PerSampleGradients, inputs: StepInputs,
+                      data: ClientData, context: RoundContext, plan: StepPlan) -> dict[str, Any]:
         probe_generator = stream_generator(context.seed, "probes", context.plan.device)
         allocations: list[dict[str, Any]] = []
         groups: list[ClipGroup] = []
@@ -110,6 +110,6 @@ class LayeredAdaptiveDP(PrivateDefense):
                 allocations.append({"step": step, "layers": {name: asdict(layer) for name, layer in layers.items()}})
             return groups
 
-        noisy_sgd(model, gradients, data, context, plan, groups_for_step)
+        noisy_sgd(model, gradients, inputs, context, plan, groups_for_step)
         sigma_eff = effective_noise_multiplier([group.noise_multiplier for group in groups])
         return {"sigma_eff": sigma_eff, "allocations": allocations}

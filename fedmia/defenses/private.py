@@ -28,9 +28,10 @@ from fedmia.defenses.base import ClientData, Defense, RoundContext, RoundReport,
 from fedmia.errors import FedmiaError
 from fedmia.privacy.accounting import ACCOUNTANTS, AccountantRecord, calibrate_noise_multiplier
 from fedmia.privacy.budget import PrivacySpent, default_delta
-from fedmia.privacy.gradients import ClipGroup, PerSampleGradients
+from fedmia.defenses.recipe import TrainingSet
+from fedmia.privacy.gradients import ClipGroup, PerSampleGradients, PerSampleLoss
 from fedmia.seeding import stream_generator
-from fedmia.training import TrainingPlan, as_tensors, make_optimizer
+from fedmia.training import Mixer, TrainingPlan, as_tensors, make_optimizer
 
 NOT_RELEASED = float("nan")
 
@@ -63,7 +64,18 @@ def poisson_batches(num_examples: int, sample_rate: float, steps: int,
         yield torch.nonzero(draws < sample_rate).squeeze(1)
 
 
-def noisy_sgd(model: nn.Module, gradients: PerSampleGradients, data: ClientData, context: RoundContext,
+@dataclass(frozen=True)
+class StepInputs:
+    """What the noisy steps draw from and minimize: by default the client's records under
+    cross-entropy; composed defenses (`recipe`) pass their training set, per-sample objective
+    and batch mixer (which needs the set's probability `targets`)."""
+
+    training: TrainingSet
+    loss: PerSampleLoss | None = None
+    mixer: Mixer | None = None
+
+
+def noisy_sgd(model: nn.Module, gradients: PerSampleGradients, inputs: StepInputs, context: RoundContext,
               plan: StepPlan, groups_for_step: Callable[[int], Sequence[ClipGroup]]) -> None:
     """The round's noisy steps on `model` in place, with the plan's optimizer (SGD, momentum)."""
     device = context.plan.device
@@ -71,13 +83,20 @@ def noisy_sgd(model: nn.Module, gradients: PerSampleGradients, data: ClientData,
     optimizer = make_optimizer(model, context.plan)
     sampling = stream_generator(context.seed, "sampling", device)
     noise = stream_generator(context.seed, "noise", device)
-    images, labels = as_tensors(data.images, data.labels, device)
+    mixing = stream_generator(context.seed, "mixing", device)
+    training = inputs.training
+    images, labels = as_tensors(training.images, training.labels, device)
+    if training.targets is not None:
+        labels = torch.as_tensor(training.targets, device=device)
     expected_batch = plan.sample_rate * len(labels)
     for step, batch in enumerate(poisson_batches(len(labels), plan.sample_rate, plan.steps, sampling)):
         groups = groups_for_step(step)
         gradients.check_groups(groups)
         optimizer.zero_grad(set_to_none=True)
-        gradients.set_noisy_gradients(images[batch], labels[batch], groups, expected_batch, noise)
+        batch_images, batch_labels = images[batch], labels[batch]
+        if inputs.mixer is not None and len(batch):
+            batch_images, batch_labels = inputs.mixer(batch_images, batch_labels, mixing)
+        gradients.set_noisy_gradients(batch_images, batch_labels, groups, expected_batch, noise, inputs.loss)
         optimizer.step()
 
 
@@ -110,18 +129,24 @@ class PrivateDefense(Defense):
             self.record = AccountantRecord(self.accountant, self.delta or default_delta(len(data)))
         return self.record
 
-    def plan_round(self, data: ClientData, context: RoundContext) -> StepPlan:
-        """This round's steps; calibrates sigma for the whole run on the first round."""
-        sample_rate, steps = round_sampling(len(data), context.plan)
+    def plan_round(self, rows: int, data: ClientData, context: RoundContext) -> StepPlan:
+        """This round's steps over `rows` training rows; calibrates sigma for the whole run on
+        the first round."""
+        sample_rate, steps = round_sampling(rows, context.plan)
         if self.noise_multiplier is None:
             self.noise_multiplier = calibrate_noise_multiplier(
                 self.epsilon, self.ledger(data).delta, sample_rate, steps * context.total_rounds,
                 self.accountant)
         return StepPlan(self.noise_multiplier, sample_rate, steps)
 
-    def train_round(self, model: nn.Module, data: ClientData, context: RoundContext) -> RoundReport:
+    def train_round(self, model: nn.Module, data: ClientData, context: RoundContext, *,
+                    training: TrainingSet | None = None, loss: PerSampleLoss | None = None,
+                    mixer: Mixer | None = None) -> RoundReport:
+        """Noisy steps on the client's records, or on a composed defense's `training` set with
+        its per-sample `loss` and `mixer` (see `recipe`)."""
         started = time.perf_counter()
-        plan = self.plan_round(data, context)
+        inputs = StepInputs(training or TrainingSet.of_client(data), loss, mixer)
+        plan = self.plan_round(len(inputs.training), data, context)
         record = self.ledger(data)
         would_spend = record.epsilon_after(*plan.mechanism)
         stopped = would_spend > self.epsilon
@@ -130,7 +155,7 @@ class PrivateDefense(Defense):
             epsilon = record.epsilon()
         else:
             with PerSampleGradients(model) as gradients:
-                details = self.train_private(model, gradients, data, context, plan)
+                details = self.train_private(model, gradients, inputs, data, context, plan)
             record.record(*plan.mechanism)
             epsilon = would_spend
         spent = PrivacySpent(epsilon, record.delta, self.accountant, plan.noise_multiplier,
@@ -141,7 +166,7 @@ class PrivateDefense(Defense):
                            stopped=stopped, message=message, details=details)
 
     @abstractmethod
-    def train_private(self, model: nn.Module, gradients: PerSampleGradients, data: ClientData,
-                      context: RoundContext, plan: StepPlan) -> dict[str, Any]:
+    def train_private(self, model: nn.Module, gradients: PerSampleGradients, inputs: StepInputs,
+                      data: ClientData, context: RoundContext, plan: StepPlan) -> dict[str, Any]:
         """Take the plan's noisy steps on `model` in place (through `noisy_sgd`); return the
         round's defense-specific details (JSON values)."""

@@ -20,7 +20,7 @@ Tests check the result against Opacus's `GradSampleModule` and its optimizer's c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +32,10 @@ from fedmia.errors import FedmiaError
 
 #: Clipping scales a sample by min(1, C / (norm + CLIP_STABILIZER)), as Opacus does.
 CLIP_STABILIZER = 1e-6
+
+
+#: Per-sample losses, shape (batch,), from logits and targets.
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -162,11 +166,15 @@ class PerSampleGradients:
         # would otherwise change the very tensor whose gradient `compute` asks for.
         return output.clone()
 
-    def compute(self, inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, LayerSamples]:
-        """Per-sample gradients of the cross-entropy loss, per layer the batch reached."""
+    def compute(self, inputs: torch.Tensor, labels: torch.Tensor,
+                loss_fn: PerSampleLoss | None = None) -> dict[str, LayerSamples]:
+        """Per-sample gradients of the loss (default: cross-entropy against `labels`, which may
+        also be probability vectors), per layer the batch reached."""
         self._calls = []
         try:
-            loss = nn.functional.cross_entropy(self.model(inputs), labels, reduction="sum")
+            logits = self.model(inputs)
+            loss = (nn.functional.cross_entropy(logits, labels, reduction="sum") if loss_fn is None
+                    else loss_fn(logits, labels).sum())
         finally:
             calls, self._calls = self._calls, None
         names = [name for name, _, _ in calls]
@@ -184,9 +192,10 @@ class PerSampleGradients:
             raise ValueError(f"clip groups {grouped} must cover each layer of {sorted(self.layers)} once")
 
     def set_noisy_gradients(self, inputs: torch.Tensor, labels: torch.Tensor, groups: Sequence[ClipGroup],
-                            expected_batch: float, generator: torch.Generator) -> None:
+                            expected_batch: float, generator: torch.Generator,
+                            loss_fn: PerSampleLoss | None = None) -> None:
         """Set every trainable parameter's `.grad` to (clipped sum + noise) / expected batch."""
-        samples = self.compute(inputs, labels) if len(labels) else {}
+        samples = self.compute(inputs, labels, loss_fn) if len(labels) else {}
         for group in groups:
             summed = _clipped_sum([samples[name] for name in group.layers if name in samples], group.clip)
             std = group.noise_multiplier * group.clip

@@ -14,7 +14,7 @@ from opacus import GradSampleModule
 from torch import nn
 
 from fedmia.data import load_dataset
-from fedmia.defenses import DPSGD, ClientData, LayeredAdaptiveDP, RoundContext
+from fedmia.defenses import DPSGD, ClientData, DefenseSpec, LayeredAdaptiveDP, RoundContext
 from fedmia.models import build_model
 from fedmia.privacy import effective_noise_multiplier
 from fedmia.privacy.gradients import CLIP_STABILIZER, PerSampleGradients
@@ -37,13 +37,17 @@ class ObservedStep:
     scale: dict[str, float]
 
 
-def reference_clipped_sum(state, images, labels, groups):
+def reference_clipped_sum(state, images, labels, groups, loss_fn=None):
     """Per-sample gradients from Opacus's GradSampleModule on a copy of the model, clipped per
-    group as DP-SGD prescribes, summed over the batch."""
+    group as DP-SGD prescribes, summed over the batch; the loss is cross-entropy unless a
+    composed defense's per-sample `loss_fn` is given."""
     model = build_model("cnn", SHAPE, 10, dp_compatible=True)
     model.load_state_dict(state)
     wrapped = GradSampleModule(model, loss_reduction="sum")
-    nn.functional.cross_entropy(wrapped(images), labels, reduction="sum").backward()
+    logits = wrapped(images)
+    loss = (nn.functional.cross_entropy(logits, labels, reduction="sum") if loss_fn is None
+            else loss_fn(logits, labels).sum())
+    loss.backward()
     per_sample = {name: p.grad_sample for name, p in model.named_parameters()}
     total = {}
     for group in groups:
@@ -60,11 +64,11 @@ def observed_steps(monkeypatch):
     steps: list[ObservedStep] = []
     original = PerSampleGradients.set_noisy_gradients
 
-    def spy(self, inputs, labels, groups, expected_batch, generator):
+    def spy(self, inputs, labels, groups, expected_batch, generator, loss_fn=None):
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        reference = (reference_clipped_sum(state, inputs, labels, groups) if len(labels)
+        reference = (reference_clipped_sum(state, inputs, labels, groups, loss_fn) if len(labels)
                      else {n: torch.zeros_like(p) for n, p in self.model.named_parameters()})
-        original(self, inputs, labels, groups, expected_batch, generator)
+        original(self, inputs, labels, groups, expected_batch, generator, loss_fn)
         group_of = {layer: group for group in groups for layer in group.layers}
         noise, scale = {}, {}
         for name, parameter in self.model.named_parameters():
@@ -103,6 +107,18 @@ def test_each_step_adds_exactly_the_clipped_sum_plus_the_accounted_noise(defense
     report = one_round(defense_class(epsilon=epsilon), client)
     assert len(observed_steps) == report.privacy.steps == math.ceil(40 / 16)
     assert all(step.expected_batch == pytest.approx(report.privacy.sample_rate * 40) for step in observed_steps)
+    noise = standardized_noise(observed_steps)
+    assert abs(float(noise.mean())) < 0.05 and float(noise.std()) == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("epsilon", [2.0, 1e4])
+def test_a_composed_objective_is_clipped_and_noised_like_cross_entropy(epsilon, client, observed_steps):
+    """label-smoothing+dpsgd: each step's applied gradient is Opacus's clipped sum of the
+    smoothed per-sample losses plus the accounted noise."""
+    defense = DefenseSpec("label-smoothing+dpsgd", {"smoothing": 0.3, "epsilon": epsilon}).build()
+    report = one_round(defense, client)
+    assert len(observed_steps) == report.privacy.steps
+    assert "epsilon_not_covering" not in report.details, "smoothing reads no record outside the steps"
     noise = standardized_noise(observed_steps)
     assert abs(float(noise.mean())) < 0.05 and float(noise.std()) == pytest.approx(1.0, abs=0.05)
 
