@@ -217,7 +217,9 @@ def client_row(run: PreparedRun, client: int, report: dict[str, Any] | None,
                            "n_train": int(len(run.split.clients[client]))}
     if report is None:
         return {**row, "trained": False}
+    not_covering = (report.get("details") or {}).get("epsilon_not_covering")
     return {**row, "trained": True, "last_round": report["round"], "privacy": report.get("privacy"),
+            **({"epsilon_not_covering": not_covering} if not_covering else {}),
             "stopped": bool(report.get("stopped_later")), **(scope.to_dict() if scope else {})}
 
 

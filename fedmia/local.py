@@ -12,7 +12,7 @@ from torch import nn
 from fedmia.adversary.active import gradient_ascent
 from fedmia.adversary.candidates import malicious_candidates
 from fedmia.defenses import RoundContext, RoundReport
-from fedmia.run import PreparedRun, preparation_seed, round_seed
+from fedmia.run import PreparedRun, round_seed
 
 #: The role whose upload is pushed up its candidates' loss after the honest round.
 ACTIVE_ROLE = "malicious:active"
@@ -35,7 +35,7 @@ def run_local_round(run: PreparedRun, client: int, global_state: dict[str, torch
     """Train client `client` for one round; `defense_state` is None on its first round."""
     defense = run.config.defenses[client].build()
     data = run.client_data(client)
-    defense.prepare(data, run.plan, preparation_seed(run, client), run.preparation_cache)
+    defense.prepare(data, run.prepare_context(client))
     seed = round_seed(run.config.seed, client, server_round)
     torch.manual_seed(seed)
     if defense_state is not None:

@@ -20,6 +20,7 @@ ATTACK_LINES = 10
 
 
 class Progress(Protocol):
+    def on_prepared(self, done: int, total: int) -> None: ...
     def on_round(self, summary: RoundSummary) -> None: ...
     def on_attacks(self, total_scopes: int) -> None: ...
     def on_scope(self, scope: str) -> None: ...
@@ -28,6 +29,9 @@ class Progress(Protocol):
 
 class SilentProgress:
     """No display (tests, `flwr run`)."""
+
+    def on_prepared(self, done: int, total: int) -> None:
+        pass
 
     def on_round(self, summary: RoundSummary) -> None:
         pass
@@ -56,6 +60,7 @@ class TerminalProgress:
         )
         self.rounds = self.bar.add_task("training", total=total_rounds, status="")
         self.scopes: TaskID | None = None
+        self.preparing: TaskID | None = None
         self.scopes_done = 0
         self.attacks_started = 0.0
         self.bar.start()
@@ -63,6 +68,13 @@ class TerminalProgress:
     def _line(self, text: str) -> None:
         if not self.live:
             self.console.print(text, highlight=False, soft_wrap=True)
+
+    def on_prepared(self, done: int, total: int) -> None:
+        """`done` of `total` clients have prepared their defenses."""
+        if self.preparing is None:
+            self.preparing = self.bar.add_task("preparing", total=total, status="diffusion models, teachers")
+        self.bar.update(self.preparing, completed=done)
+        self._line(f"prepared {done}/{total} clients' defenses")
 
     def on_round(self, summary: RoundSummary) -> None:
         status = f"test acc {summary.test_accuracy:.3f}"

@@ -5,6 +5,8 @@ results.json is written first, so a failure while drawing loses no number.
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedmia.metrics import roc
+from fedmia.preparation import PREPARATION_FILE
 from fedmia.run import PreparedRun
 from fedmia.timing import RunTimer
 
@@ -148,7 +151,11 @@ def client_table(rows: list[dict[str, Any]]) -> list[str]:
                          "n/a | - | - | - | - | n/a | n/a | n/a | n/a | n/a | n/a | never uploaded a model |")
             continue
         best = row["attacks"][row["strongest_attack"]]
-        note = "stopped: budget spent" if row.get("stopped") else ""
+        notes = ["stopped: budget spent"] if row.get("stopped") else []
+        if row.get("epsilon_not_covering"):
+            notes.append("formal eps is NOT a guarantee for this client; it does not cover: "
+                         + "; ".join(row["epsilon_not_covering"]))
+        note = "; ".join(notes)
         lines.append(f"| {row['client']} | {row['defense']} | {row['n_train']} | "
                      f"{_fmt(row['train_accuracy'])} | {_fmt(row['test_accuracy'])} | "
                      f"{_fmt(row['generalization_gap'])} | {formal_cells(row.get('privacy'))} | "
@@ -188,7 +195,36 @@ def client_level_section(dp: dict[str, Any] | None, clients: int) -> list[str]:
     return lines + [""]
 
 
-def render_report(results: dict[str, Any]) -> str:
+def _detail_text(details: dict[str, Any]) -> str:
+    """A preparation's scalar details as `key value` pairs (nested tables flattened one level)."""
+    flat: dict[str, Any] = {}
+    for key, value in details.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{inner}": item for inner, item in value.items() if not isinstance(item, (dict, list))})
+        elif not isinstance(value, list):
+            flat[key] = value
+    return ", ".join(f"{key} {_fmt(value) if isinstance(value, float) else value}" for key, value in flat.items())
+
+
+def preparation_section(preparation: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+    """What each client's defense prepared before the first round, or found in the cache."""
+    if not preparation:
+        return []
+    lines = ["## Defense preparation", "",
+             "Done once per client before the first round (teachers, diffusion models and their "
+             "samples), kept in the preparation cache under a content key; `reused` means this run "
+             "loaded it.", "", "| client | what | key | reused | seconds | details |", "|---|---|---|---|---|---|"]
+    images = []
+    for client, rows in preparation.items():
+        for row in rows:
+            lines.append(f"| {client} | {row['kind']} | `{row['key']}` | {'yes' if row['reused'] else 'no'} | "
+                         f"{_fmt(row['seconds'], 1)} | {_detail_text(row['details'])} |")
+            images += [f"![client {client} {row['kind']}]({path})" for path in row.get("files", [])
+                       if path.endswith(".png")]
+    return lines + [""] + [line for image in images for line in (image, "")]
+
+
+def render_report(results: dict[str, Any], preparation: dict[str, list[dict[str, Any]]] | None = None) -> str:
     run, timing, glob = results["run"], results["timing"], results["global"]
     lines = [
         f"# fedmia report: {run['out']}", "",
@@ -214,6 +250,7 @@ def render_report(results: dict[str, Any]) -> str:
         "the attack chosen on the selection half.", "",
         *client_table(results["clients"]),
         "", EPS_NOTE, "",
+        *preparation_section(preparation),
         *adversary_sections(results, run.get("querier_output", "logits"), run.get("roles", [])),
         *client_level_section(results.get("client_level_dp"), run["clients"]),
         "![log-scale ROC](roc.png)", "", "![privacy per client](privacy.png)", "",
@@ -310,5 +347,7 @@ def write_outputs(run: PreparedRun, evaluation: dict[str, Any], timer: RunTimer)
         plot_privacy(run, results)
     results["timing"] = timer.as_dict()
     run.rundir.write_json("results.json", results)
-    run.rundir.write_text("report.md", render_report(results))
+    preparation_file = run.rundir.path / PREPARATION_FILE
+    preparation = json.loads(preparation_file.read_text()) if preparation_file.is_file() else None
+    run.rundir.write_text("report.md", render_report(results, preparation))
     return results

@@ -21,11 +21,14 @@ from torch import nn
 
 from fedmia.config import RunConfig, load_run_config
 from fedmia.data import ArrayDataset, PrivacySplit, load_dataset, make_privacy_split
-from fedmia.defenses import ClientData, PreparationCache
+from fedmia.defenses import ClientData, PrepareContext, PreparationCache
 from fedmia.models import build_model
 from fedmia.rundir import RunDirectory
 from fedmia.seeding import round_seed
 from fedmia.training import TrainingPlan
+
+#: The key of the seed a client's defense prepares with.
+PREPARATION_KEY = 4_000_001
 
 RECORDED_PACKAGES = ("fedmia", "flwr", "flwr-datasets", "ray", "torch", "torchvision", "opacus",
                      "numpy", "scikit-learn", "scipy", "dp-accounting")
@@ -77,9 +80,11 @@ class PreparedRun:
         return ClientData(client, self.images(indices), self.labels(indices), self.dataset.num_classes,
                           self.images(public), self.labels(public))
 
-    @property
-    def preparation_cache(self) -> PreparationCache:
-        return PreparationCache(self.config.cache_dir)
+    def prepare_context(self, client: int, seed: int | None = None) -> PrepareContext:
+        """What client `client`'s defense prepares with; its seed is the same every round, so
+        the preparation cache finds the work again."""
+        seed = round_seed(self.config.seed, client, PREPARATION_KEY) if seed is None else seed
+        return PrepareContext(self.plan, seed, PreparationCache(self.config.cache_dir), self.new_model)
 
     def manifest(self) -> dict[str, Any]:
         c = self.config
@@ -123,15 +128,6 @@ def load_prepared_run(path: str) -> PreparedRun:
                            download=False)
     split = PrivacySplit.from_dict(rundir.read_json("manifest.json")["split"])
     return PreparedRun(config, dataset, split, rundir)
-
-
-#: The key of the seed a client's defense prepares with: the same every round, so the
-#: preparation cache finds it again.
-PREPARATION_KEY = 4_000_001
-
-
-def preparation_seed(run: PreparedRun, client: int) -> int:
-    return round_seed(run.config.seed, client, PREPARATION_KEY)
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, server_round: int) -> list[int]:

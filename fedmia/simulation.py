@@ -28,7 +28,8 @@ from clients.app import make_client_app
 from fedmia.config import RunConfig
 from fedmia.errors import FedmiaError
 from fedmia.progress import TerminalProgress
-from fedmia.run import prepare_run
+from fedmia.preparation import clients_to_prepare, prepare_client, write_preparation
+from fedmia.run import PreparedRun, prepare_run
 from fedmia.timing import RunTimer
 from strategies.server_app import ServerControl, make_server_app, wrap_client_dp
 
@@ -216,6 +217,30 @@ def busy_threads() -> list[threading.Thread]:
             if t is not threading.current_thread() and not t.daemon and t.is_alive()]
 
 
+def prepare_in_parallel(run: PreparedRun, progress: TerminalProgress) -> None:
+    """The preparation phase (see `fedmia.preparation`) as one Ray task per client, with the
+    client actors' resources, so diffusion models train side by side (on the GPU with
+    --device cuda and --client-gpus)."""
+    clients = clients_to_prepare(run)
+    if not clients:
+        return
+    config = run.config
+    task = ray.remote(num_cpus=config.client_cpus, num_gpus=config.client_gpus)(prepare_client)
+    pending = {task.remote(str(run.rundir.path), client): client for client in clients}
+    prepared: dict[int, list[dict[str, Any]]] = {}
+    progress.on_prepared(0, len(clients))
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        client = pending.pop(ready[0])
+        try:
+            prepared[client] = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as error:
+            cause = error.cause if isinstance(error.cause, FedmiaError) else error
+            raise FedmiaError(f"preparing client {client}'s defense failed: {str(cause).splitlines()[-1]}") from None
+        progress.on_prepared(len(prepared), len(clients))
+    write_preparation(run, prepared)
+
+
 def simulate(config: RunConfig, verbose: bool = False) -> dict[str, Any]:
     """Run the whole federation, its attacks and report; returns results.json's content."""
     timer = RunTimer()
@@ -232,6 +257,8 @@ def simulate(config: RunConfig, verbose: bool = False) -> dict[str, Any]:
         try:
             with timer.phase("ray_startup"):
                 start_ray(gpus, verbose)
+            with timer.phase("preparation"):
+                prepare_in_parallel(run, progress)
             run_simulation(
                 server_app=make_server_app(run, progress, timer, control),
                 client_app=make_client_app(str(run.rundir.path)),

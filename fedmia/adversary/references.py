@@ -88,7 +88,7 @@ def train_reference(run: PreparedRun, recipe: ReferenceRecipe, members: np.ndarr
                       run.images(public), run.labels(public))
     defense = recipe.defense.build()
     torch.manual_seed(seed)
-    defense.prepare(data, run.plan, seed, run.preparation_cache)
+    defense.prepare(data, run.prepare_context(-1, seed))
     for server_round in recipe.rounds:
         context = RoundContext(server_round, run.config.rounds, run.plan, round_seed(seed, server_round))
         defense.train_round(model, data, context)

@@ -9,9 +9,10 @@ from typing import Any
 
 from torch import nn
 
-from fedmia.defenses.base import ClientData, Defense, RoundContext, RoundReport
+from fedmia.defenses.base import ClientData, Defense, PrepareContext, RoundContext, RoundReport
 from fedmia.defenses.cache import PreparationCache, PreparationRecord
 from fedmia.defenses.recipe import RecipeDefense, train_recipe_round
+from fedmia.defenses.distill import Distill
 from fedmia.defenses.dpsgd import DPSGD
 from fedmia.defenses.dropout import Dropout
 from fedmia.defenses.early_stopping import EarlyStopping
@@ -22,11 +23,10 @@ from fedmia.defenses.none import NoDefense
 from fedmia.defenses.relaxloss import RelaxLoss
 from fedmia.defenses.weight_decay import WeightDecay
 from fedmia.errors import FedmiaError
-from fedmia.training import TrainingPlan
 
 DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (
     NoDefense, DPSGD, LayeredAdaptiveDP, Mixup, LabelSmoothing, Dropout, WeightDecay, EarlyStopping,
-    RelaxLoss)}
+    RelaxLoss, Distill)}
 
 
 class Composition(Defense):
@@ -36,9 +36,12 @@ class Composition(Defense):
         self.parts = parts
         self.name = "+".join(part.name for part in parts)
 
-    def prepare(self, data: ClientData, plan: TrainingPlan, seed: int,
-                cache: PreparationCache) -> list[PreparationRecord]:
-        return [record for part in self.parts for record in part.prepare(data, plan, seed, cache)]
+    @property
+    def prepares(self) -> bool:  # type: ignore[override]
+        return any(part.prepares for part in self.parts)
+
+    def prepare(self, data: ClientData, setup: PrepareContext) -> list[PreparationRecord]:
+        return [record for part in self.parts for record in part.prepare(data, setup)]
 
     def train_round(self, model: nn.Module, data: ClientData, context: RoundContext) -> RoundReport:
         return train_recipe_round(self.parts, model, data, context)
@@ -119,6 +122,7 @@ __all__ = [
     "Composition",
     "Defense",
     "DefenseSpec",
+    "PrepareContext",
     "PreparationCache",
     "RecipeDefense",
     "NoDefense",

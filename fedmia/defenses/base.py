@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +58,17 @@ class RoundContext:
     total_rounds: int
     plan: TrainingPlan
     seed: int
+
+
+@dataclass(frozen=True)
+class PrepareContext:
+    """What preparation may use: the local plan, a seed fixed per client, the cache, and the
+    run's architecture with its initial weights (a teacher has the shape of the shared model)."""
+
+    plan: TrainingPlan
+    seed: int
+    cache: PreparationCache
+    new_model: Callable[[], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -106,10 +118,12 @@ class Defense(ABC):
         takes = f"its parameters are {listing}" if accepted else "it takes no parameters"
         raise FedmiaError(f"defense {cls.name!r} {problem}; {takes}")
 
-    def prepare(self, data: ClientData, plan: TrainingPlan, seed: int,
-                cache: PreparationCache) -> list[PreparationRecord]:
-        """Per-client work before a round; the same `seed` every round, so cached work is found
-        again. Returns what was prepared or reused (nothing by default)."""
+    #: True when `prepare` does real work, so a run prepares these clients up front.
+    prepares: ClassVar[bool] = False
+
+    def prepare(self, data: ClientData, setup: PrepareContext) -> list[PreparationRecord]:
+        """Per-client work before a round (the same `setup.seed` every round, so cached work is
+        found again). Returns what was prepared or reused (nothing by default)."""
         return []
 
     @abstractmethod
