@@ -79,9 +79,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     _add_adversary_flags(parser)
     flag("--keep-uploads", help="uploads the server keeps for trajectory attacks: all, last or every:N "
                                 f"(default: {d['keep_uploads']})")
-    flag("--defense", help="local defense for every client: none, dpsgd, ladp, ... (default: none)")
+    flag("--defense", help="local defense for every client: none, dpsgd, ladp, mixup, distill, ..., or "
+                           "parts joined with + such as label-smoothing+dpsgd (default: none)")
     for name, text in DEFENSE_PARAM_FLAGS.items():
         flag(f"--{name}", help=text)
+    flag("--defense-param", action="append", metavar="KEY=VALUE",
+         help="any parameter of --defense, e.g. --defense-param alpha=0.2; repeatable; a comma list "
+              "is spread over the clients like --epsilon")
     flag("--client-dp", help="client-level DP on the server through Flower's wrappers: off, "
                              "server-fixed, client-fixed, server-adaptive, client-adaptive "
                              f"(default: {d['client_dp']})")
@@ -128,7 +132,19 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     flags.update(attack_flags(args))
     params = {name.replace("-", "_"): getattr(args, name.replace("-", "_"))
               for name in DEFENSE_PARAM_FLAGS if getattr(args, name.replace("-", "_")) is not None}
+    params.update(defense_param_flags(getattr(args, "defense_param", None) or []))
     return resolve_config(file_data, flags, args.defense, params)
+
+
+def defense_param_flags(items: list[str]) -> dict[str, str]:
+    """`--defense-param alpha=0.2` (repeatable) -> {"alpha": "0.2"}."""
+    params: dict[str, str] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise FedmiaError(f"--defense-param {item!r} is not KEY=VALUE; write e.g. --defense-param alpha=0.2")
+        params[key.strip().replace("-", "_")] = value.strip()
+    return params
 
 
 def attack_flags(args: argparse.Namespace) -> dict[str, Any]:

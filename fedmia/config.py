@@ -254,7 +254,9 @@ def validate(config: RunConfig) -> None:
         if name not in registry:
             raise FedmiaError(f"unknown {kind} {name!r}; choose one of {', '.join(registry)}")
     for spec in config.defenses:
-        spec.build()
+        if spec.build().needs_public_pool and config.public_size == 0:
+            raise FedmiaError(f"defense {spec.name!r} trains on a public pool; set public_size "
+                              "(--public-size N, e.g. 500) to carve one out of the dataset")
     if len(config.roles) != config.clients or any(role not in ROLES for role in config.roles):
         raise FedmiaError(f"client roles must be one of {', '.join(ROLES)} for each of {config.clients} clients")
     from fedmia.adversary import check_threat_models
@@ -280,6 +282,8 @@ def spread(values: list[Any], num_clients: int, key: str) -> list[Any]:
 
 def _parse_scalar(text: str) -> Any:
     text = text.strip()
+    if text in ("true", "false"):
+        return text == "true"
     for convert in (int, float):
         try:
             return convert(text)

@@ -217,13 +217,17 @@ def busy_threads() -> list[threading.Thread]:
             if t is not threading.current_thread() and not t.daemon and t.is_alive()]
 
 
-def prepare_in_parallel(run: PreparedRun, progress: TerminalProgress) -> None:
+def prepare_in_parallel(run: PreparedRun, progress: TerminalProgress, timer: RunTimer) -> None:
     """The preparation phase (see `fedmia.preparation`) as one Ray task per client, with the
     client actors' resources, so diffusion models train side by side (on the GPU with
     --device cuda and --client-gpus)."""
     clients = clients_to_prepare(run)
-    if not clients:
-        return
+    if clients:
+        with timer.phase("preparation"):
+            prepare_clients(run, clients, progress)
+
+
+def prepare_clients(run: PreparedRun, clients: list[int], progress: TerminalProgress) -> None:
     config = run.config
     task = ray.remote(num_cpus=config.client_cpus, num_gpus=config.client_gpus)(prepare_client)
     pending = {task.remote(str(run.rundir.path), client): client for client in clients}
@@ -257,8 +261,7 @@ def simulate(config: RunConfig, verbose: bool = False) -> dict[str, Any]:
         try:
             with timer.phase("ray_startup"):
                 start_ray(gpus, verbose)
-            with timer.phase("preparation"):
-                prepare_in_parallel(run, progress)
+            prepare_in_parallel(run, progress, timer)
             run_simulation(
                 server_app=make_server_app(run, progress, timer, control),
                 client_app=make_client_app(str(run.rundir.path)),

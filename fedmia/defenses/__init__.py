@@ -40,6 +40,10 @@ class Composition(Defense):
     def prepares(self) -> bool:  # type: ignore[override]
         return any(part.prepares for part in self.parts)
 
+    @property
+    def needs_public_pool(self) -> bool:  # type: ignore[override]
+        return any(part.needs_public_pool for part in self.parts)
+
     def prepare(self, data: ClientData, setup: PrepareContext) -> list[PreparationRecord]:
         return [record for part in self.parts for record in part.prepare(data, setup)]
 

@@ -120,6 +120,8 @@ class Defense(ABC):
 
     #: True when `prepare` does real work, so a run prepares these clients up front.
     prepares: ClassVar[bool] = False
+    #: True when the defense reads the run's public pool (`ClientData.public`).
+    needs_public_pool: ClassVar[bool] = False
 
     def prepare(self, data: ClientData, setup: PrepareContext) -> list[PreparationRecord]:
         """Per-client work before a round (the same `setup.seed` every round, so cached work is

@@ -37,6 +37,7 @@ class TeacherLabeledData(DataSource):
 class Distill(RecipeDefense):
     name = "distill"
     prepares = True
+    needs_public_pool = True
 
     def __init__(self, temperature: float = 3.0, teacher_epochs: int = 20) -> None:
         self.temperature = check_param("temperature", temperature, 0.05, 100.0, defense=self.name)
