@@ -14,6 +14,7 @@ model does not grant them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -150,10 +151,13 @@ class TargetView:
 
     def __init__(self, model: nn.Module, access: frozenset[str] = frozenset(ACCESSES), *,
                  granularity: OutputGranularity = OutputGranularity(),
-                 rounds: tuple[RoundView, ...] = (), device: str = "cpu") -> None:
+                 rounds: tuple[RoundView, ...] = (), device: str = "cpu",
+                 release: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         self._model = model
         self.access = access
         self.granularity = granularity
+        #: The release defense's transform (fedmia.release) every answered query goes through.
+        self.release = release
         self._rounds = rounds
         self.device = device
         self._cache: list[tuple[np.ndarray, np.ndarray]] = []
@@ -171,13 +175,16 @@ class TargetView:
         return logits
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        """The target's outputs at the adversary's granularity, as logits."""
+        """The target's outputs after its release defense (if any), at the adversary's
+        granularity, as logits."""
         self._require(OUTPUTS)
         if self.granularity.label_only:
             raise PermissionError("this adversary sees labels only")
-        return self.granularity.reveal(self._raw_logits(images))
+        logits = self._raw_logits(images)
+        return self.granularity.reveal(logits if self.release is None else self.release(logits))
 
     def predicted_labels(self, images: np.ndarray) -> np.ndarray:
+        """The raw model's labels: a release defense never changes them."""
         if LABELS not in self.access:
             self._require(OUTPUTS)
         return self._raw_logits(images).argmax(axis=1)
