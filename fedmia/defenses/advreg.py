@@ -107,6 +107,7 @@ class AdversarialObjective(Objective):
 
 class AdversarialRegularization(RecipeDefense):
     name = "advreg"
+    needs_public_pool = True
 
     def __init__(self, weight: float = 0.1, inference_steps: int = 1, inference_lr: float = 1e-3) -> None:
         self.weight = check_param("weight", weight, 0.0, 100.0, defense=self.name)

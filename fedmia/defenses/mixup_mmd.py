@@ -107,6 +107,7 @@ class MMDObjective(Objective):
 
 class MixupMMD(RecipeDefense):
     name = "mixup-mmd"
+    needs_public_pool = True
 
     def __init__(self, alpha: float = 1.0, weight: float = 0.1) -> None:
         self.alpha = check_param("alpha", alpha, 1e-3, 100.0, defense=self.name)

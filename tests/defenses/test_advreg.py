@@ -112,6 +112,7 @@ def test_mixed_targets_reach_h_as_probability_vectors(split):
 
 def test_a_run_without_a_public_pool_is_told_to_set_one(split):
     client, _ = split
+    assert AdversarialRegularization.needs_public_pool, "so a config without a pool is refused before training"
     private_only = ClientData(0, client.images, client.labels, 10)
     with pytest.raises(FedmiaError, match="'advreg' needs a public pool; set public_size"):
         AdversarialRegularization().train_round(fresh_model(), private_only, CONTEXT)

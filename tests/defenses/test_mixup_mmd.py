@@ -136,6 +136,7 @@ def test_each_step_adds_the_weighted_mmd_of_a_class_matched_draw_to_the_mixed_ba
 
 def test_a_run_without_a_public_pool_is_told_to_set_one(split):
     client, _ = split
+    assert MixupMMD.needs_public_pool, "so a config without a pool is refused before training"
     private_only = ClientData(0, client.images, client.labels, 10)
     with pytest.raises(FedmiaError, match="'mixup-mmd' needs a public pool; set public_size"):
         MixupMMD().train_round(fresh_model(), private_only, CONTEXT)
