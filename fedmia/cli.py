@@ -108,6 +108,9 @@ def _add_adversary_flags(parser: argparse.ArgumentParser) -> None:
                                               f"(default: {','.join(d['adversaries'])})")
     parser.add_argument("--querier-output", help="what the querier sees per query: logits, top-k:N or label "
                                                  f"(default: {d['querier_output']})")
+    parser.add_argument("--release", help="defense on the released model's answers to the querier: none, "
+                                          "memguard[:epsilon=X...] (needs --public-size) or top-k[:k=N] "
+                                          f"(default: {d['release']})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +159,8 @@ def attack_flags(args: argparse.Namespace) -> dict[str, Any]:
         flags["adversaries"] = parse_names(args.adversaries, "adversaries")
     if args.querier_output is not None:
         flags["querier_output"] = args.querier_output
+    if args.release is not None:
+        flags["release"] = args.release
     return flags
 
 

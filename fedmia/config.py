@@ -150,6 +150,9 @@ class RunConfig:
     adversaries: tuple[str, ...] = DEFAULT_ADVERSARIES
     #: What the querier sees of each query: logits, top-k:N posteriors, or label.
     querier_output: str = "logits"
+    #: A defense on the released model's answers (`memguard[:key=value...]`, `top-k[:k=N]`),
+    #: applied to what the querier gets; none: raw outputs.
+    release: str = "none"
     #: Which uploads the server keeps on disk: all, last, or every:N rounds (and the last).
     keep_uploads: str = "all"
     defenses: tuple[DefenseSpec, ...] = field(default_factory=tuple)
@@ -200,7 +203,7 @@ def check_types(config: RunConfig) -> None:
     check_attacks(config.attacks)
     if not isinstance(config.adversaries, tuple) or not all(isinstance(a, str) for a in config.adversaries):
         raise FedmiaError(f"--adversaries must be a comma list such as server,querier, got {config.adversaries!r}")
-    for key in ("querier_output", "keep_uploads"):
+    for key in ("querier_output", "keep_uploads", "release"):
         if not isinstance(getattr(config, key), str):
             raise FedmiaError(f"{flag_name(key)} must be a text, got {getattr(config, key)!r}")
 
@@ -262,6 +265,23 @@ def validate(config: RunConfig) -> None:
     from fedmia.adversary import check_threat_models
 
     check_threat_models(config)
+    check_release(config)
+
+
+def check_release(config: RunConfig) -> None:
+    """A release defense acts on the querier's answers, and MemGuard's defender needs data the
+    model did not train on (the public pool)."""
+    if config.release == "none":
+        return
+    from fedmia.release import ReleaseSpec
+
+    release = ReleaseSpec.parse(config.release).build()
+    if "querier" not in config.adversaries:
+        raise FedmiaError(f"--release {config.release} acts on the querier's answers; add the querier "
+                          "(--adversaries server,querier)")
+    if release.needs_reference_data and config.public_size == 0:
+        raise FedmiaError(f"--release {release.name} fits its defense on records the model did not train "
+                          "on; set public_size (--public-size N)")
 
 
 CLIENT_DP_MODES = ("off", "server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
@@ -436,7 +456,7 @@ _FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.n
 #: without one of them was truncated or edited. attack_workers changes no result, so a run
 #: written before it existed stays valid.
 OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", "keep_uploads", "dataset_size",
-                 "public_size", "cache_dir")
+                 "public_size", "cache_dir", "release")
 WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name not in OPTIONAL_KEYS) | {"client"}
 
 

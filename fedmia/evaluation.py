@@ -96,6 +96,8 @@ class ScopeResult:
     attack_seconds: dict[str, float]
     setup_seconds: dict[str, float]
     references_cached: bool
+    #: What the release defense did to the querier's answers (None: no release defense).
+    release: dict[str, Any] | None = None
 
     @property
     def strongest(self) -> str:
@@ -116,6 +118,7 @@ class ScopeResult:
                                "seconds": self.attack_seconds[name]}
                         for name, m in self.attacks.items()},
             "seconds": {**self.setup_seconds, "references_cached": self.references_cached},
+            **({"release": self.release} if self.release is not None else {}),
         }
 
 
@@ -195,7 +198,15 @@ def attack_scope(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
     test_accuracy = accuracy(model, run.images(run.split.test), run.labels(run.split.test), device)
     return ScopeResult(task.scope, task.adversary, train_accuracy, test_accuracy, metrics, decisions,
                        held_out_bound(all_scores, labels, halves, setup.delta), seconds,
-                       {"shadow": setup.shadow_seconds, "references": reference_seconds}, cached)
+                       {"shadow": setup.shadow_seconds, "references": reference_seconds}, cached,
+                       None if setup.release is None else release_summary(setup.release.details()))
+
+
+def release_summary(details: dict[str, Any]) -> dict[str, Any]:
+    """A release defense's details with its wall times under `seconds`, where every timing of
+    results.json lives (see `fedmia.timing`)."""
+    timings = {key: value for key, value in details.items() if key.endswith("_seconds")}
+    return {**{key: value for key, value in details.items() if key not in timings}, "seconds": timings}
 
 
 def last_client_reports(run: PreparedRun) -> dict[int, dict[str, Any]]:
@@ -395,7 +406,7 @@ def evaluate_privacy(run: PreparedRun, on_scope: Callable[[str], None] | None = 
 def reattack(path: Path, overrides: dict[str, Any] | None = None,
              workers: int | None = None) -> dict[str, Any]:
     """The attack phase and report again, from a run directory whose training finished, with
-    the attack settings in `overrides` (attacks, adversaries, querier_output) replacing the
+    the attack settings in `overrides` (attacks, adversaries, querier_output, release) replacing the
     run's own; `workers` as in `evaluate_privacy`."""
     from fedmia.report import write_outputs
     from fedmia.timing import RunTimer

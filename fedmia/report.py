@@ -99,6 +99,16 @@ ADVERSARY_TEXT = {
 }
 
 
+def release_lines(release: dict[str, Any] | None) -> list[str]:
+    """What the release defense did to the querier's answers (labels are never changed)."""
+    if not release:
+        return []
+    params = ", ".join(f"{key} {value}" for key, value in release["params"].items())
+    return [f"Release defense: `{release['name']}` ({params}): every answer's predicted label unchanged; "
+            f"{_fmt(release['changed_fraction'])} of {release['rows']} answers changed, mean L1 distortion "
+            f"of the probability vector {_fmt(release['mean_l1'])} (max {_fmt(release['max_l1'])})."]
+
+
 def adversary_sections(results: dict[str, Any], querier_output: str, roles: list[str]) -> list[str]:
     """One section per scope of the querier and of each malicious client."""
     lines: list[str] = []
@@ -110,6 +120,7 @@ def adversary_sections(results: dict[str, Any], querier_output: str, roles: list
             client = int(adversary.partition(":")[2])
             text = ADVERSARY_TEXT["client"].format(client=client, role=roles[client] if client < len(roles) else "")
         lines += [f"## Leakage to the {adversary} adversary (scope `{scope}`)", "", text,
+                  *release_lines(table.get("release")),
                   f"Target test accuracy: {_fmt(table['test_accuracy'])}.", "",
                   held_out_line(table), "", *attack_table(table["attacks"]), ""]
     return lines

@@ -42,6 +42,7 @@ from fedmia.attacks.base import (
 from fedmia.defenses import DefenseSpec
 from fedmia.errors import FedmiaError
 from fedmia.privacy import default_delta
+from fedmia.release import ReleaseDefense, ReleaseSpec
 from fedmia.rundir import FINAL_GLOBAL_MODEL, client_model_name, global_round_name
 from fedmia.run import PreparedRun
 from fedmia.seeding import round_seed
@@ -88,6 +89,8 @@ class ScopeSetup:
     recipe: ReferenceRecipe
     delta: float
     shadow_seconds: float
+    #: The release defense the querier's answers go through (None: raw outputs).
+    release: ReleaseDefense | None = None
 
 
 def _shadow_observation(run: PreparedRun, model: nn.Module, shadow_in: np.ndarray,
@@ -146,9 +149,12 @@ def setup_global(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
     rng = np.random.default_rng(round_seed(config.seed, 1_000_004))
     indices, membership = balanced_eval_set(members, run.split.nonmembers, run.dataset.labels, rng)
     model = load(run, FINAL_GLOBAL_MODEL)
+    release = None
     if task.adversary == QUERIER:
         granularity = OutputGranularity.parse(config.querier_output)
-        target = TargetView(model, querier_access(granularity), granularity=granularity, device=config.device)
+        release = fitted_release(run, model, round_seed(config.seed, 1_000_006))
+        target = TargetView(model, querier_access(granularity), granularity=granularity, device=config.device,
+                            release=None if release is None else release.transform)
     else:
         rounds = global_rounds(run, records) if TRAJECTORY in needs else ()
         target = TargetView(model, ALONE, rounds=rounds, device=config.device)
@@ -157,7 +163,21 @@ def setup_global(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]
     recipe = ReferenceRecipe(None, tuple(range(1, config.rounds + 1)), assumed_defense(run), len(members))
     return ScopeSetup(target, model, members, indices, membership, rng,
                       _knowledge(run, shadow, round_seed(config.seed, 1_000_005)), recipe,
-                      default_delta(len(members)), seconds)
+                      default_delta(len(members)), seconds, release)
+
+
+def fitted_release(run: PreparedRun, model: nn.Module, seed: int) -> ReleaseDefense | None:
+    """The run's release defense, fitted by whoever releases the final model: on the model's
+    outputs for the clients' records (it trained on them) and for the public pool (it did
+    not). The evaluation's non-members are never shown to it."""
+    if run.config.release == "none":
+        return None
+    release = ReleaseSpec.parse(run.config.release).build()
+    members, public = run.split.members, run.split.public
+    device = run.config.device
+    release.fit(predict_logits(model, run.images(members), device), predict_logits(model, run.images(public), device),
+                run.labels(members), run.labels(public), seed)
+    return release
 
 
 def setup_client(run: PreparedRun, task: ScopeTask, records: list[dict[str, Any]],

@@ -221,17 +221,18 @@ class Parameter:
     #: The values a text parameter may take (None: any).
     choices: tuple[str, ...] | None = None
 
-    def check(self, attack: str, key: str, value: Any) -> Any:
+    def check(self, owner: str, key: str, value: Any, what: str = "attack") -> Any:
+        """`value` for parameter `key` of `owner` (an attack, or the `what` named)."""
         kind = type(self.default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(value) is not kind:
-            raise FedmiaError(f"attack {attack!r} parameter {key} must be a {kind.__name__}, got {value!r}")
+            raise FedmiaError(f"{what} {owner!r} parameter {key} must be a {kind.__name__}, got {value!r}")
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise FedmiaError(f"attack {attack!r} parameter {key}={value!r} is outside "
+            raise FedmiaError(f"{what} {owner!r} parameter {key}={value!r} is outside "
                               f"[{self.low}, {self.high}]; pick a value in that range")
         if self.choices is not None and value not in self.choices:
-            raise FedmiaError(f"attack {attack!r} parameter {key}={value!r} is not one of "
+            raise FedmiaError(f"{what} {owner!r} parameter {key}={value!r} is not one of "
                               f"{', '.join(self.choices)}; pick one of those")
         return value
 

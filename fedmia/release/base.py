@@ -48,6 +48,8 @@ class ReleaseDefense(ABC):
     name: ClassVar[str]
     #: Parameters it accepts from its spec (`memguard:epsilon=0.5`), by key.
     parameters: ClassVar[dict[str, Parameter]] = {}
+    #: True when `fit` needs outputs on records the model did not train on.
+    needs_reference_data: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.parameters))
@@ -55,7 +57,7 @@ class ReleaseDefense(ABC):
             accepted = ", ".join(self.parameters) or "none"
             raise FedmiaError(f"release defense {self.name!r} has no parameter {unknown[0]!r} "
                               f"(accepted: {accepted})")
-        self.params = {key: spec.check(self.name, key, params.get(key, spec.default))
+        self.params = {key: spec.check(self.name, key, params.get(key, spec.default), "release defense")
                        for key, spec in self.parameters.items()}
         self._fit_seconds = 0.0
         self._seconds = 0.0

@@ -65,6 +65,7 @@ class MemGuardRelease(ReleaseDefense):
     """Noise that leaves the defender's own membership classifier undecided; see the module."""
 
     name: ClassVar[str] = "memguard"
+    needs_reference_data = True
     parameters: ClassVar[dict[str, Parameter]] = {
         "epsilon": Parameter(1.0, low=0.0, high=2.0,
                              help="expected L1 distortion of each released probability vector, at most"),
