@@ -132,10 +132,14 @@ class OutputGranularity:
         if self.top_k is None or self.top_k >= logits.shape[1]:
             return logits
         probs = np.exp(log_softmax(logits, axis=1))
-        hidden = np.argsort(-probs, axis=1, kind="stable")[:, self.top_k:]
+        order = np.argsort(-probs, axis=1, kind="stable")
+        kept, hidden = order[:, :self.top_k], order[:, self.top_k:]
         rows = np.arange(len(logits))[:, None]
         rest = 1.0 - (probs.sum(axis=1) - probs[rows, hidden].sum(axis=1))
-        probs[rows, hidden] = np.maximum(rest, 1e-300)[:, None] / hidden.shape[1]
+        # The average of the hidden probabilities never exceeds the smallest kept one; clamping
+        # keeps rounding from lifting a hidden class above the label when all classes tie.
+        spread = np.minimum(np.maximum(rest, 1e-300) / hidden.shape[1], probs[rows, kept].min(axis=1))
+        probs[rows, hidden] = spread[:, None]
         return np.log(np.maximum(probs, 1e-300))
 
 

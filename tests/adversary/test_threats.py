@@ -95,3 +95,12 @@ def test_a_target_view_gives_only_the_granted_access():
         with pytest.raises(PermissionError):
             denied()
     assert TargetView(model, frozenset({OUTPUTS})).logits(images).shape == (2, 3)
+
+
+@pytest.mark.parametrize("classes, k", [(3, 1), (10, 1), (10, 3), (7, 6)])
+def test_top_k_answers_keep_the_label_even_when_every_class_ties(classes, k):
+    """Rounding of the spread mass once lifted a hidden class above the label on all-tied rows."""
+    logits = np.zeros((4, classes)) + np.array([[0.0], [3.1], [-7.3], [1e-9]])
+    revealed = OutputGranularity(top_k=k).reveal(logits)
+    assert (revealed.argmax(axis=1) == logits.argmax(axis=1)).all()
+    assert np.allclose(np.exp(revealed).sum(axis=1), 1.0)
