@@ -38,7 +38,7 @@ class RelaxedLoss(Objective):
 
     def batch_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         loss = nn.functional.cross_entropy(logits, targets)
-        if float(loss) >= self.alpha:
+        if float(loss.detach()) >= self.alpha:
             return loss
         self.relaxed_steps += 1
         if self.relaxed_steps % 2 == 1:
