@@ -1,7 +1,7 @@
 """The preparation phase: before the first round, every client whose defense prepares (a
 diffusion model, a teacher) does it once, and the run records what it prepared or found in the
 cache (`preparation.json`, with each entry's extra files such as the memorization grid under
-`prepared/client-<k>/`). Later rounds, and later runs with the same data and parameters, load
+`prepared/client-<k>-<kind>-<name>.png`). Later rounds, and later runs with the same data and parameters, load
 the work from the cache. How clients are spread over processes is the caller's business
 (`simulation` uses Ray tasks); this module only prepares one client and records the results."""
 
@@ -30,8 +30,8 @@ def prepare_client(run_path: str, client: int) -> list[dict[str, Any]]:
     for record in records:
         files = []
         for path in sorted(setup.cache.entry(record.kind, record.key).iterdir()):
-            if path.suffix in (".png", ".json") and path.name != "details.json":
-                target = run.rundir.path / PREPARED_FOLDER / f"client-{client}" / f"{record.kind}-{path.name}"
+            if path.suffix == ".png":
+                target = run.rundir.path / PREPARED_FOLDER / f"client-{client}-{record.kind}-{path.name}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, target)
                 files.append(str(target.relative_to(run.rundir.path)))

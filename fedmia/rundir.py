@@ -42,8 +42,8 @@ Parsed = TypeVar("Parsed")
 
 #: Everything a run writes at its top level, and the one file type of each subfolder.
 RUN_FILES = frozenset({"config.toml", "manifest.json", "metrics.jsonl", "results.json", "report.md",
-                       "roc.png", "privacy.png"})
-RUN_FOLDERS = {"models": ".safetensors", "scores": ".npz", "references": ".safetensors"}
+                       "roc.png", "privacy.png", "preparation.json"})
+RUN_FOLDERS = {"models": ".safetensors", "scores": ".npz", "references": ".safetensors", "prepared": ".png"}
 SCORE_ARRAYS = ("scores", "labels", "indices", "halves")
 
 RERUN = "rerun `python -m fedmia simulate --config {path}/config.toml --out {path} --overwrite`"

@@ -134,6 +134,9 @@ def test_attack_refuses_empty_and_repeated_attack_lists_before_any_work(run_copy
 
 
 def test_a_run_directory_is_refused_unless_overwrite_which_clears_it(run_copy):
+    (run_copy / "preparation.json").write_text("{}")
+    (run_copy / "prepared").mkdir()
+    (run_copy / "prepared" / "client-0-diffusion-mixup-closest-pairs.png").write_bytes(b"png")
     with pytest.raises(FedmiaError, match=f"{run_copy}.*--overwrite"):
         RunDirectory(run_copy).ensure_fresh(overwrite=False)
     RunDirectory(run_copy).ensure_fresh(overwrite=True)
