@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_dp.py
 	$(BIN)/python benchmarks/bench_simulation.py
 	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_diffusion.py
+	$(BIN)/python benchmarks/bench_preparation.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

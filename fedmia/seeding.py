@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 #: The independent random streams a client's noisy round draws from.
-STREAMS = {"sampling": 1, "noise": 2, "probes": 3, "mixing": 4, "subset": 5}
+STREAMS = {"sampling": 1, "noise": 2, "probes": 3, "mixing": 4}
 
 
 def round_seed(base_seed: int, *keys: int) -> int:

@@ -9,9 +9,11 @@ from typing import Any
 
 from torch import nn
 
+from fedmia.defenses.advreg import AdversarialRegularization
 from fedmia.defenses.base import ClientData, Defense, PrepareContext, RoundContext, RoundReport
 from fedmia.defenses.cache import PreparationCache, PreparationRecord
 from fedmia.defenses.recipe import RecipeDefense, train_recipe_round
+from fedmia.defenses.diffusion_mixup import DiffusionMixup
 from fedmia.defenses.distill import Distill
 from fedmia.defenses.dpsgd import DPSGD
 from fedmia.defenses.dropout import Dropout
@@ -19,6 +21,7 @@ from fedmia.defenses.early_stopping import EarlyStopping
 from fedmia.defenses.label_smoothing import LabelSmoothing
 from fedmia.defenses.ladp import LayeredAdaptiveDP
 from fedmia.defenses.mixup import Mixup
+from fedmia.defenses.mixup_mmd import MixupMMD
 from fedmia.defenses.none import NoDefense
 from fedmia.defenses.relaxloss import RelaxLoss
 from fedmia.defenses.weight_decay import WeightDecay
@@ -26,7 +29,7 @@ from fedmia.errors import FedmiaError
 
 DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (
     NoDefense, DPSGD, LayeredAdaptiveDP, Mixup, LabelSmoothing, Dropout, WeightDecay, EarlyStopping,
-    RelaxLoss, Distill)}
+    RelaxLoss, AdversarialRegularization, MixupMMD, Distill, DiffusionMixup)}
 
 
 class Composition(Defense):

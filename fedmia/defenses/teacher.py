@@ -43,6 +43,20 @@ def train_teacher(data: ClientData, setup: PrepareContext, epochs: int) -> tuple
     return model.to(setup.plan.device).eval(), record
 
 
+@torch.no_grad()
+def penultimate_features(model: nn.Module, images: np.ndarray, device: str, batch_size: int = 1024) -> np.ndarray:
+    """The input of the model's last linear layer: the teacher's feature space, where a
+    memorization check compares synthetic and private samples."""
+    head = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].flatten(1).cpu()))
+    try:
+        predict_logits(model, images, device, batch_size)
+    finally:
+        handle.remove()
+    return torch.cat(captured).double().numpy()
+
+
 def soft_labels(teacher: nn.Module, images: np.ndarray, temperature: float, device: str) -> np.ndarray:
     """The teacher's softmax at `temperature`, as float32 probability vectors."""
     logits = torch.as_tensor(predict_logits(teacher, images, device))
