@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from fedmia.data import load_dataset
 from fedmia.defenses import DPSGD, ClientData, RoundContext
 from fedmia.defenses.mixup import MixedData, Mixup
 from fedmia.defenses.mixup_mmd import ClassMatchedPairs, MixupMMD, classwise_mmd, gaussian_mmd
@@ -24,24 +23,7 @@ PLAN = TrainingPlan(local_epochs=15, batch_size=16, lr=0.05)
 CONTEXT = RoundContext(1, 1, PLAN, 0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread and contend for the shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def split():
-    """100 members, a public pool of 300, and 300 held-out records that nothing trains on."""
-    digits = load_dataset("digits")
-    order = np.random.default_rng(0).permutation(len(digits.labels))
-    members, public, held_out = order[:100], order[100:400], order[400:700]
-    client = ClientData(0, digits.images[members], digits.labels[members], 10,
-                        digits.images[public], digits.labels[public])
-    return client, (digits.images[held_out], digits.labels[held_out])
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def fresh_model(dp=False):

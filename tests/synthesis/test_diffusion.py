@@ -24,13 +24,7 @@ TINY = DiffusionRecipe(train_steps=5, batch_size=8, base_channels=8)
 TRAIN = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores are shared; a single thread avoids oversubscribing them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
