@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ ARRAYS_FILE = "arrays.safetensors"
 DETAILS_FILE = "details.json"
 #: Bumped when what a preparation computes changes, so old entries are not reused.
 CACHE_VERSION = 1
+#: Entries a process keeps in memory (a client's teacher and samples are a few of them).
+MEMO_ENTRIES = 16
 
 
 def default_cache_dir() -> Path:
@@ -84,10 +87,11 @@ Builder = Callable[[Path], Prepared]
 
 
 class PreparationCache:
-    """Prepared entries under `root/<kind>/<key>/`, plus a per-process memo so a client that
-    trains many rounds in one worker reads each entry once."""
+    """Prepared entries under `root/<kind>/<key>/`, plus a small per-process memo of the most
+    recent entries, so a worker that trains the same clients round after round reads each
+    entry once, while one that serves thousands of clients does not keep them all in memory."""
 
-    _memo: dict[Path, Prepared] = {}
+    _memo: OrderedDict[Path, Prepared] = OrderedDict()
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -105,6 +109,9 @@ class PreparationCache:
         if prepared is None:
             prepared = self._build(path, build)
         self._memo[path] = prepared
+        self._memo.move_to_end(path)
+        while len(self._memo) > MEMO_ENTRIES:
+            self._memo.popitem(last=False)
         return prepared, PreparationRecord(kind, key, reused, time.perf_counter() - started, prepared.details)
 
     def _load(self, path: Path) -> Prepared | None:

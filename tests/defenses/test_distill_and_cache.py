@@ -98,3 +98,17 @@ def test_a_damaged_entry_is_a_one_line_error_and_a_partial_one_is_ignored(tmp_pa
     with pytest.raises(FedmiaError, match="damaged.*delete that folder") as error:
         cache.get_or_build("thing", key, build)
     assert "\n" not in str(error.value)
+
+
+def test_a_process_keeps_only_the_most_recent_entries_in_memory(tmp_path):
+    from fedmia.defenses.cache import MEMO_ENTRIES
+
+    PreparationCache._memo.clear()
+    cache = PreparationCache(tmp_path)
+    for index in range(MEMO_ENTRIES + 5):
+        cache.get_or_build("thing", f"key{index}", lambda folder, i=index: Prepared({"i": np.array([i])}))
+    assert len(PreparationCache._memo) == MEMO_ENTRIES
+    assert cache.entry("thing", f"key{MEMO_ENTRIES + 4}") in PreparationCache._memo
+    assert cache.entry("thing", "key0") not in PreparationCache._memo
+    prepared, record = cache.get_or_build("thing", "key0", lambda folder: Prepared({"i": np.array([-1])}))
+    assert record.reused and int(prepared.arrays["i"][0]) == 0, "evicted from memory, read back from disk"
