@@ -206,15 +206,21 @@ def client_level_section(dp: dict[str, Any] | None, clients: int) -> list[str]:
     return lines + [""]
 
 
-def _detail_text(details: dict[str, Any]) -> str:
-    """A preparation's scalar details as `key value` pairs (nested tables flattened one level)."""
+def _flat_details(details: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalar details with dotted keys (`memorization.pixels.fraction_closer`); lists, such as
+    the closest pairs, are left to preparation.json."""
     flat: dict[str, Any] = {}
     for key, value in details.items():
         if isinstance(value, dict):
-            flat.update({f"{key}.{inner}": item for inner, item in value.items() if not isinstance(item, (dict, list))})
+            flat.update(_flat_details(value, f"{prefix}{key}."))
         elif not isinstance(value, list):
-            flat[key] = value
-    return ", ".join(f"{key} {_fmt(value) if isinstance(value, float) else value}" for key, value in flat.items())
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _detail_text(details: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {_fmt(value) if isinstance(value, float) else value}"
+                     for key, value in _flat_details(details).items())
 
 
 def preparation_section(preparation: dict[str, list[dict[str, Any]]] | None) -> list[str]:
