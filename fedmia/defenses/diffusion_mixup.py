@@ -116,6 +116,13 @@ class DiffusionMixup(RecipeDefense):
                                         prepared.arrays["targets"], self.alpha)
         return [teacher_record, record]
 
+    @property
+    def synthetic_images(self) -> np.ndarray:
+        """The kept samples (after `prepare`)."""
+        if self.data is None:
+            raise RuntimeError("diffusion-mixup has synthetic images only after prepare")
+        return self.data.images
+
     def fill(self, recipe: Recipe, data: ClientData, context: RoundContext) -> None:
         if self.data is None:
             raise RuntimeError("diffusion-mixup trains only after prepare")

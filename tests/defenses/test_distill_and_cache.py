@@ -112,3 +112,22 @@ def test_a_process_keeps_only_the_most_recent_entries_in_memory(tmp_path):
     assert cache.entry("thing", "key0") not in PreparationCache._memo
     prepared, record = cache.get_or_build("thing", "key0", lambda folder: Prepared({"i": np.array([-1])}))
     assert record.reused and int(prepared.arrays["i"][0]) == 0, "evicted from memory, read back from disk"
+
+
+def test_distill_on_the_clients_own_synthetic_images_needs_no_public_pool(tmp_path, digits):
+    alone = ClientData(0, digits.images[:80], digits.labels[:80], 10)
+    defense = DefenseSpec("distill", {"reference": "synthetic", "diffusion_steps": 30, "synthetic": 40,
+                                      "teacher_epochs": 5, "confidence": 0.15}).build()
+    assert not defense.needs_public_pool
+    records = defense.prepare(alone, setup(tmp_path))
+    assert [record.kind for record in records] == ["teacher", "diffusion-mixup"]
+    synthetic = defense.reference.images
+    assert len(synthetic) == records[1].details["kept"] and synthetic.shape[1:] == (1, 8, 8)
+    report = defense.train_round(new_model(), alone, RoundContext(1, 1, PLAN, seed=1))
+    assert report.details["private_rows"] == 0 and report.details["training_rows"] == len(synthetic)
+    with pytest.raises(FedmiaError, match="reference='web'"):
+        DefenseSpec("distill", {"reference": "web"}).build()
+    strict = DefenseSpec("distill", {"reference": "synthetic", "diffusion_steps": 30, "synthetic": 40,
+                                     "teacher_epochs": 5, "confidence": 1.0}).build()
+    with pytest.raises(FedmiaError, match="no synthetic image passed"):
+        strict.prepare(alone, setup(tmp_path))
