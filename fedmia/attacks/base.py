@@ -241,6 +241,17 @@ class Parameter:
         return value
 
 
+def checked_params(owner: str, accepted: dict[str, Parameter], given: dict[str, Any],
+                   what: str = "attack") -> dict[str, Any]:
+    """Every accepted parameter of `owner`, from `given` or its default; an unknown key or a
+    value out of range is a one-line error."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        names = ", ".join(accepted) or "none"
+        raise FedmiaError(f"{what} {owner!r} has no parameter {unknown[0]!r} (accepted: {names})")
+    return {key: spec.check(owner, key, given.get(key, spec.default), what) for key, spec in accepted.items()}
+
+
 @dataclass(frozen=True)
 class ReferenceRequest:
     """Reference models an attack needs: how many, and whether online (the candidates are IN
@@ -261,12 +272,7 @@ class MembershipAttack(ABC):
     parameters: ClassVar[dict[str, Parameter]] = {}
 
     def __init__(self, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.parameters))
-        if unknown:
-            accepted = ", ".join(self.parameters) or "none"
-            raise FedmiaError(f"attack {self.name!r} has no parameter {unknown[0]!r} (accepted: {accepted})")
-        self.params = {key: spec.check(self.name, key, params.get(key, spec.default))
-                       for key, spec in self.parameters.items()}
+        self.params = checked_params(self.name, self.parameters, params)
         self.threshold: float | None = None
 
     def references_needed(self) -> ReferenceRequest | None:
