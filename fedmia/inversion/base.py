@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from fedmia.attacks.base import Parameter, checked_params
+from fedmia.defenses.cache import PreparationCache
 from fedmia.training import TrainingPlan
 
 GRADIENT_INVERSION = "gradient-inversion"
@@ -64,6 +65,8 @@ class ModelAccess:
     public_images: np.ndarray
     public_labels: np.ndarray
     num_classes: int
+    #: Where trained attack parts (a GAN on the public pool) are kept across runs; None: not kept.
+    cache: PreparationCache | None = None
 
 
 @dataclass(frozen=True)
