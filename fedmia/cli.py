@@ -56,7 +56,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     flag("--partition", help=f"iid, dirichlet:ALPHA or classes:K (default: {d['partition']})")
     flag("--local-epochs", type=int, help=f"local epochs per round, at most {MAX_LOCAL_EPOCHS} "
                                           f"(default: {d['local_epochs']})")
-    flag("--batch-size", type=int, help=f"local batch size, at most {MAX_BATCH_SIZE} (default: {d['batch_size']})")
+    flag("--batch-size", type=int, help=f"local batch size, at most {MAX_BATCH_SIZE}; 0: the whole client data (default: {d['batch_size']})")
     flag("--lr", type=float, help=f"local SGD learning rate (default: {d['lr']})")
     flag("--fraction", type=float, help=f"fraction of clients per round (default: {d['fraction']})")
     flag("--seed", type=int, help=f"seed for split, weights and training, 0 to 2^32-1 (default: {d['seed']})")

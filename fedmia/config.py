@@ -95,7 +95,7 @@ NUMERIC_KEYS = {
     "clients": Range(1, MAX_CLIENTS, integer=True),
     "rounds": Range(1, MAX_ROUNDS, integer=True),
     "local_epochs": Range(1, MAX_LOCAL_EPOCHS, integer=True),
-    "batch_size": Range(1, MAX_BATCH_SIZE, integer=True),
+    "batch_size": Range(0, MAX_BATCH_SIZE, integer=True),
     "seed": Range(0, MAX_SEED, integer=True),
     "lr": Range(0, low_open=True),
     "fraction": Range(0, 1, low_open=True),
@@ -125,6 +125,7 @@ class RunConfig:
     model: str = "cnn"
     partition: str = "iid"
     local_epochs: int = 2
+    #: 0: each client's whole data as one batch (with local_epochs = 1, a FedSGD client).
     batch_size: int = 16
     lr: float = 0.05
     fraction: float = 1.0

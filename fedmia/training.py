@@ -26,11 +26,19 @@ class TrainingPlan:
     """The local recipe every client follows, whatever its defense adds on top."""
 
     local_epochs: int = 2
+    #: 0: the client's whole data as one batch (with one local epoch, a FedSGD client).
     batch_size: int = 16
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
     device: str = "cpu"
+
+    def batch_for(self, num_examples: int) -> int:
+        """The batch size on `num_examples` records (0 in the plan: all of them)."""
+        return self.batch_size or max(num_examples, 1)
+
+    def steps_per_epoch(self, num_examples: int) -> int:
+        return -(-num_examples // self.batch_for(num_examples))
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ def train_epochs(
     rng = np.random.default_rng(seed)
     total_loss, correct, seen = 0.0, 0, 0
     for _ in range(plan.local_epochs if epochs is None else epochs):
-        for batch in minibatches(len(labels), plan.batch_size, rng):
+        for batch in minibatches(len(labels), plan.batch_for(len(labels)), rng):
             optimizer.zero_grad(set_to_none=True)
             batch_inputs, batch_targets = inputs[batch], targets[batch]
             if mix is not None and mixing is not None:

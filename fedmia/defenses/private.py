@@ -14,7 +14,6 @@ client's records without noise, and the formal epsilon covers only what the mech
 
 from __future__ import annotations
 
-import math
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -51,8 +50,8 @@ class StepPlan:
 
 def round_sampling(num_examples: int, plan: TrainingPlan) -> tuple[float, int]:
     """(q, steps per round): expected batch `batch_size`, ceil(n / batch_size) steps an epoch."""
-    sample_rate = min(1.0, plan.batch_size / num_examples)
-    return sample_rate, plan.local_epochs * math.ceil(num_examples / plan.batch_size)
+    sample_rate = min(1.0, plan.batch_for(num_examples) / num_examples)
+    return sample_rate, plan.local_epochs * plan.steps_per_epoch(num_examples)
 
 
 def poisson_batches(num_examples: int, sample_rate: float, steps: int,

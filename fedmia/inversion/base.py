@@ -47,8 +47,7 @@ class ClientUpdate:
     @property
     def steps(self) -> int:
         """Local SGD steps the client took: one per batch per epoch."""
-        batches = -(-self.num_examples // self.plan.batch_size)
-        return self.plan.local_epochs * batches
+        return self.plan.local_epochs * self.plan.steps_per_epoch(self.num_examples)
 
     def parameter_change(self) -> list[torch.Tensor]:
         """sent minus returned, per trainable parameter in `sent.named_parameters()` order."""
