@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fedmia.config import (MAX_BATCH_SIZE, MAX_CLIENTS, MAX_LOCAL_EPOCHS, MAX_ROUNDS, NUMERIC_KEYS,
-                           RunConfig, load_toml, parse_attacks, parse_names, resolve_config)
+                           RunConfig, load_toml, parse_attacks, parse_classes, parse_inversions, parse_names,
+                           resolve_config)
 from fedmia.errors import FedmiaError
 from fedmia.rundir import RunDirectory
 
@@ -111,6 +112,12 @@ def _add_adversary_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--release", help="defense on the released model's answers to the querier: none, "
                                           "memguard[:epsilon=X...] (needs --public-size) or top-k[:k=N] "
                                           f"(default: {d['release']})")
+    parser.add_argument("--inversions", help="comma list of reconstruction attacks after the membership attacks: "
+                                             "gradient inversion on each client's upload (dlg, idlg, "
+                                             "inverting-gradients), model inversion on the final model "
+                                             "(mi-face, gmi), each name[:key=value...]; none (default)")
+    parser.add_argument("--protected-classes", help="comma list of the classes model inversion reconstructs "
+                                                    f"(default: {','.join(map(str, d['protected_classes']))})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +168,10 @@ def attack_flags(args: argparse.Namespace) -> dict[str, Any]:
         flags["querier_output"] = args.querier_output
     if args.release is not None:
         flags["release"] = args.release
+    if args.inversions is not None:
+        flags["inversions"] = parse_inversions(args.inversions)
+    if args.protected_classes is not None:
+        flags["protected_classes"] = parse_classes(args.protected_classes)
     return flags
 
 

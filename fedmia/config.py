@@ -156,6 +156,11 @@ class RunConfig:
     release: str = "none"
     #: Which uploads the server keeps on disk: all, last, or every:N rounds (and the last).
     keep_uploads: str = "all"
+    #: Reconstruction attacks after the membership attacks (`fedmia.inversion`): gradient
+    #: inversion on each client's upload, model inversion on the final model; none by default.
+    inversions: tuple[str, ...] = ()
+    #: The classes model inversion reconstructs (held out of the adversary's GAN data).
+    protected_classes: tuple[int, ...] = (0,)
     defenses: tuple[DefenseSpec, ...] = field(default_factory=tuple)
     roles: tuple[str, ...] = field(default_factory=tuple)
 
@@ -181,6 +186,8 @@ class RunConfig:
         """The resolved config, loadable again with `--config`."""
         data = {k: v for k, v in asdict(self).items() if k not in ("defenses", "roles") and v is not None}
         data["attacks"] = list(self.attacks)
+        data["inversions"] = list(self.inversions)
+        data["protected_classes"] = list(self.protected_classes)
         data["adversaries"] = list(self.adversaries)
         data["client"] = group_clients(self.defenses, self.roles)
         return tomli_w.dumps(data)
@@ -202,6 +209,8 @@ def check_types(config: RunConfig) -> None:
     if not isinstance(config.download, bool):
         raise FedmiaError(f"download must be true or false, got {config.download!r}")
     check_attacks(config.attacks)
+    check_inversions(config.inversions)
+    check_protected_classes(config.protected_classes)
     if not isinstance(config.adversaries, tuple) or not all(isinstance(a, str) for a in config.adversaries):
         raise FedmiaError(f"--adversaries must be a comma list such as server,querier, got {config.adversaries!r}")
     for key in ("querier_output", "keep_uploads", "release"):
@@ -224,6 +233,41 @@ def parse_attacks(items: Any, source: str = "--attacks") -> tuple[str, ...]:
     from fedmia.attacks.spec import parse_attack_specs
 
     return tuple(spec.label for spec in parse_attack_specs(items, source))
+
+
+def check_inversions(inversions: Any) -> None:
+    """A tuple of canonical inversion attack specs, each once (may be empty)."""
+    if not isinstance(inversions, tuple) or not all(isinstance(a, str) for a in inversions):
+        raise FedmiaError("--inversions must be a comma list of inversion attacks such as "
+                          f"inverting-gradients,mi-face, got {inversions!r}")
+    parse_inversions(inversions)
+
+
+def parse_inversions(items: Any, source: str = "--inversions") -> tuple[str, ...]:
+    """`--inversions inverting-gradients:restarts=2,mi-face` or a list -> canonical labels;
+    "none" or an empty list: no inversion attacks."""
+    from fedmia.attacks.spec import INVERSION, parse_attack_specs
+
+    if items in ("none", "", [], ()):
+        return ()
+    return tuple(spec.label for spec in parse_attack_specs(items, source, INVERSION))
+
+
+def check_protected_classes(classes: Any) -> None:
+    if (not isinstance(classes, tuple) or not classes
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise FedmiaError(f"--protected-classes must list distinct class indices such as 0,3, got {classes!r}")
+
+
+def parse_classes(value: Any, key: str = "protected_classes") -> tuple[int, ...]:
+    """A comma list (flag or file string) or a TOML array of class indices."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(int(part) if isinstance(part, str) else part for part in parts)
+    except (TypeError, ValueError):
+        raise FedmiaError(f"{flag_name(key)} must be a comma list of class indices such as 0,3, "
+                          f"got {value!r}") from None
 
 
 def parse_names(text: Any, key: str) -> tuple[str, ...]:
@@ -457,7 +501,7 @@ _FILE_KEYS = {f.name.replace("_", "-"): f.name for f in fields(RunConfig) if f.n
 #: without one of them was truncated or edited. attack_workers changes no result, so a run
 #: written before it existed stays valid.
 OPTIONAL_KEYS = ("data_dir", "attack_workers", "adversaries", "querier_output", "keep_uploads", "dataset_size",
-                 "public_size", "cache_dir", "release")
+                 "public_size", "cache_dir", "release", "inversions", "protected_classes")
 WRITTEN_KEYS = frozenset(name for name in _FILE_KEYS.values() if name not in OPTIONAL_KEYS) | {"client"}
 
 
@@ -505,6 +549,10 @@ def _normalize_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
             value = parse_attacks(value, f"attacks in {source}")
         if name == "adversaries":
             value = parse_names(value, name)
+        if name == "inversions":
+            value = parse_inversions(value, f"inversions in {source}")
+        if name == "protected_classes":
+            value = parse_classes(value)
         settings[name] = value
     return settings
 

@@ -406,7 +406,8 @@ def evaluate_privacy(run: PreparedRun, on_scope: Callable[[str], None] | None = 
 def reattack(path: Path, overrides: dict[str, Any] | None = None,
              workers: int | None = None) -> dict[str, Any]:
     """The attack phase and report again, from a run directory whose training finished, with
-    the attack settings in `overrides` (attacks, adversaries, querier_output, release) replacing the
+    the attack settings in `overrides` (attacks, adversaries, querier_output, release,
+    inversions, protected_classes) replacing the
     run's own; `workers` as in `evaluate_privacy`."""
     from fedmia.report import write_outputs
     from fedmia.timing import RunTimer

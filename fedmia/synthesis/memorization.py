@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fedmia.errors import FedmiaError
+from fedmia.image_grid import pair_grid
 
 #: Rows of the query set per block of the distance matrix: 1024 x 10,000 floats is 40 MB.
 CHUNK_ROWS = 1024
@@ -126,34 +127,10 @@ def closest_pairs_grid(report: MemorizationReport, synthetic: np.ndarray, privat
     band: each synthetic image above its nearest private image, titled with their distance."""
     if pairs < 1:
         raise FedmiaError(f"pairs must be >= 1, got {pairs}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     chosen = report.pixels.closest(pairs)
-    columns = min(8, len(chosen))
-    bands = -(-len(chosen) // columns)
-    figure, axes = plt.subplots(2 * bands, columns, figsize=(1.2 * columns, 2.6 * bands), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for slot, (s, p, distance) in enumerate(chosen):
-        band, column = divmod(slot, columns)
-        top, bottom = axes[2 * band, column], axes[2 * band + 1, column]
-        top.imshow(_displayable(synthetic[s]), cmap="gray", vmin=0, vmax=1)
-        top.set_title(f"{distance:.2f}", fontsize=8)
-        bottom.imshow(_displayable(private[p]), cmap="gray", vmin=0, vmax=1)
-    figure.suptitle("closest pairs: synthetic (upper) and nearest private (lower), L2 in pixels", fontsize=9)
-    figure.tight_layout()
-    output = Path(path)
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
-    return output
-
-
-def _displayable(image: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> what imshow draws: (H, W) for one channel, (H, W, C) for colour."""
-    return image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0)).clip(0, 1)
+    return pair_grid(synthetic[[s for s, _, _ in chosen]], private[[p for _, p, _ in chosen]],
+                     [f"{distance:.2f}" for _, _, distance in chosen],
+                     "closest pairs: synthetic (upper) and nearest private (lower), L2 in pixels", path)
 
 
 def _mapped(features: Callable[[np.ndarray], np.ndarray], samples: np.ndarray) -> np.ndarray:
