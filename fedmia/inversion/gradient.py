@@ -2,7 +2,9 @@
 update a client sent back.
 
 Three attacks share one mechanism (`ClientSimulation`):
-- `dlg` (Zhu et al. 2019): dummy images and soft labels, Euclidean distance, L-BFGS;
+- `dlg` (Zhu et al. 2019): dummy images and soft labels, Euclidean distance, L-BFGS (exact on
+  smooth networks like the paper's sigmoid ones; on the default ReLU/BatchNorm `cnn` it stalls
+  near the mean-image baseline, and Adam did no better);
 - `idlg` (Zhao et al. 2020): labels read off the last layer first (`fedmia.inversion.labels`),
   then the images alone as in DLG;
 - `inverting-gradients` (Geiping et al. 2020): cosine distance plus a total-variation prior,

@@ -12,8 +12,9 @@ at least one record, the rest go by the largest estimated counts.
 
 How exact: for one record on FedSGD the label is exact. For a FedSGD batch the counts are exact
 as long as the mean-softmax estimate is within 1/(2n) of the real one per class, which holds for
-untrained and lightly trained models with a few records; it degrades for a confident trained
-model on large batches. A FedAvg update (several local steps) is turned into an average
+untrained models (digits `cnn`: exact in 20 of 20 random batches of 4, 8 and 16, 19 of 20 of
+32); it fails for a confident trained model, whose near-zero gradients carry little count
+information (after 3 epochs on 300 records: 2 of 20 batches of 4 exact). A FedAvg update (several local steps) is turned into an average
 gradient (`estimated_gradient`): the softmax drifts over the local steps and momentum weighs
 the steps unevenly, so counts are approximate there.
 """
