@@ -104,9 +104,10 @@ class ClientSimulation:
             return self.gradient(weights, images, targets)
         plan = self.update.plan
         velocity: list[torch.Tensor] | None = None
+        size = plan.batch_for(len(images))
         for _ in range(plan.local_epochs):
-            for start in range(0, len(images), plan.batch_size):
-                batch = slice(start, start + plan.batch_size)
+            for start in range(0, len(images), size):
+                batch = slice(start, start + size)
                 grads = self.gradient(weights, images[batch], targets[batch])
                 steps = [g + plan.weight_decay * w for g, w in zip(grads, weights.values())]
                 velocity = steps if velocity is None else [
