@@ -421,9 +421,12 @@ def reattack(path: Path, overrides: dict[str, Any] | None = None,
         check_threat_models(config)
         run = replace(run, config=config)
         run.rundir.write_text("config.toml", run.config.to_toml())
+    from fedmia.inversion.phase import inversion_phase
+
     timer = RunTimer()
     with timer.phase("attacks"):
         results = evaluate_privacy(run, workers=workers)
+    results.update(inversion_phase(run, timer))
     previous = run.rundir.read_json("results.json") if (run.rundir.path / "results.json").exists() else {}
     results["client_level_dp"] = previous.get("client_level_dp")
     return write_outputs(run, results, timer)

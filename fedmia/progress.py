@@ -22,7 +22,7 @@ ATTACK_LINES = 10
 class Progress(Protocol):
     def on_prepared(self, done: int, total: int) -> None: ...
     def on_round(self, summary: RoundSummary) -> None: ...
-    def on_attacks(self, total_scopes: int) -> None: ...
+    def on_attacks(self, total_scopes: int, phase: str = "attacks") -> None: ...
     def on_scope(self, scope: str) -> None: ...
     def on_attacks_done(self) -> None: ...
 
@@ -36,7 +36,7 @@ class SilentProgress:
     def on_round(self, summary: RoundSummary) -> None:
         pass
 
-    def on_attacks(self, total_scopes: int) -> None:
+    def on_attacks(self, total_scopes: int, phase: str = "attacks") -> None:
         pass
 
     def on_scope(self, scope: str) -> None:
@@ -62,6 +62,7 @@ class TerminalProgress:
         self.scopes: TaskID | None = None
         self.preparing: TaskID | None = None
         self.scopes_done = 0
+        self.phase = "attacks"
         self.attacks_started = 0.0
         self.bar.start()
 
@@ -82,15 +83,17 @@ class TerminalProgress:
         self._line(f"round {summary.server_round}/{summary.total_rounds}  "
                    f"elapsed {summary.elapsed:.1f}s  {status}")
 
-    def on_attacks(self, total_scopes: int) -> None:
-        self.scopes = self.bar.add_task("attacks", total=total_scopes, status="")
+    def on_attacks(self, total_scopes: int, phase: str = "attacks") -> None:
+        """A bar over the scopes of `phase` (the membership attacks, or the inversions)."""
+        self.phase = phase
+        self.scopes = self.bar.add_task(phase, total=total_scopes, status="")
         self.scopes_done = -1
         self.attacks_started = time.perf_counter()
-        self._line(f"attacks: {total_scopes} scopes")
+        self._line(f"{phase}: {total_scopes} scopes")
 
     def on_scope(self, scope: str) -> None:
         """`scope` starts, so the one before it is done."""
-        self._advance(self.scopes_done + 1, f"attacking {scope}")
+        self._advance(self.scopes_done + 1, f"{'inverting' if self.phase == 'inversion' else 'attacking'} {scope}")
 
     def on_attacks_done(self) -> None:
         if self.scopes is not None:
@@ -105,7 +108,7 @@ class TerminalProgress:
         if done > 0 and self._milestone(previous, done, total):
             elapsed = time.perf_counter() - self.attacks_started
             eta = elapsed / done * (total - done)
-            self._line(f"attacks {done}/{total} scopes  elapsed {elapsed:.1f}s  ETA {eta:.0f}s")
+            self._line(f"{self.phase} {done}/{total} scopes  elapsed {elapsed:.1f}s  ETA {eta:.0f}s")
 
     @staticmethod
     def _milestone(previous: int, done: int, total: int) -> bool:

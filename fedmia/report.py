@@ -13,11 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from fedmia.inversion.base import GRADIENT_INVERSION
 from fedmia.metrics import roc
 from fedmia.preparation import PREPARATION_FILE
 from fedmia.run import PreparedRun
 from fedmia.timing import RunTimer
 
+#: Image grids of inversions the report shows (every one is in reconstructions/).
+MAX_REPORT_GRIDS = 12
 PROTOCOL = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 
 EPS_NOTE = ("Measured epsilon (**held-out**) is an audit-style lower bound from one run's attack, "
@@ -241,6 +244,43 @@ def preparation_section(preparation: dict[str, list[dict[str, Any]]] | None) -> 
     return lines + [""] + [line for image in images for line in (image, "")]
 
 
+def _inversion_row(entry: dict[str, Any]) -> str:
+    where = f"| {entry['attack']} | `{entry['scope']}` |"
+    if "skipped" in entry:
+        return f"{where} skipped: {entry['skipped']} |"
+    m = entry["metrics"]
+    if entry["kind"] == GRADIENT_INVERSION:
+        label = "n/a" if m["label_accuracy"] is None else _fmt(m["label_accuracy"])
+        numbers = (f"round {entry['round']}, {entry['num_examples']} records, {entry['local_steps']} local "
+                   f"steps: PSNR {_fmt(m['psnr'], 1)} dB, SSIM {_fmt(m['ssim'])}, MSE {_fmt(m['mse'], 4)}, "
+                   f"labels {label}")
+    else:
+        numbers = (f"class {entry['class']}: attack accuracy {_fmt(m['attack_accuracy'])}, feature distance "
+                   f"{_fmt(m['feature_distance'])}, Frechet {_fmt(m['frechet'], 1)}")
+    return f"{where} {numbers} ({_fmt(entry['seconds']['attack'], 1)} s) |"
+
+
+def inversion_section(inversion: dict[str, Any] | None) -> list[str]:
+    """Reconstruction attacks: what each adversary recovered of the images."""
+    if not inversion:
+        return []
+    lines = ["## Reconstruction (inversion attacks)", "",
+             "Gradient inversion: the server reconstructs each client's records from its last upload; "
+             "each reconstruction is paired with a distinct record by optimal assignment, compared in "
+             "[0, 1] (PSNR with data range 1, SSIM, MSE). Model inversion: the adversary reconstructs a "
+             "protected class from the final model; an evaluation classifier trained on the test pool "
+             "(which no target trained on) judges the images: attack accuracy on the class, feature "
+             "distance to the nearest private record of the class, Frechet distance to those records."]
+    evaluator = inversion.get("evaluator")
+    if evaluator:
+        lines += ["", f"Evaluation classifier: {evaluator['records']} test records, accuracy "
+                      f"{_fmt(evaluator['accuracy'])} on the held-out non-members."]
+    lines += ["", "| attack | scope | result |", "|---|---|---|",
+              *[_inversion_row(entry) for entry in inversion["results"]], ""]
+    grids = [entry["file"].removesuffix(".npz") + ".png" for entry in inversion["results"] if "file" in entry]
+    return lines + [line for grid in grids[:MAX_REPORT_GRIDS] for line in (f"![{grid}]({grid})", "")]
+
+
 def render_report(results: dict[str, Any], preparation: dict[str, list[dict[str, Any]]] | None = None) -> str:
     run, timing, glob = results["run"], results["timing"], results["global"]
     lines = [
@@ -268,6 +308,7 @@ def render_report(results: dict[str, Any], preparation: dict[str, list[dict[str,
         *client_table(results["clients"]),
         "", EPS_NOTE, "",
         *preparation_section(preparation),
+        *inversion_section(results.get("inversion")),
         *adversary_sections(results, run.get("querier_output", "logits"), run.get("roles", [])),
         *client_level_section(results.get("client_level_dp"), run["clients"]),
         "![log-scale ROC](roc.png)", "", "![privacy per client](privacy.png)", "",
@@ -283,8 +324,9 @@ def render_report(results: dict[str, Any], preparation: dict[str, list[dict[str,
               "Every attack number above comes from `scores/<scope>__<attack>.npz` (scores, labels "
               "with 1 = member, dataset indices, halves with 0 = selection and 1 = bound half) "
               "through `fedmia.metrics.membership_metrics` and `held_out_bound`; "
-              "`python -m fedmia check` recomputes them. The split is in `manifest.json`, the "
-              "models in `models/`."]
+              "`python -m fedmia check` recomputes them, and every inversion number from "
+              "`reconstructions/` (the images, the records they stand for, the evaluator's weights). "
+              "The split is in `manifest.json`, the models in `models/`."]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,8 @@
       references/<key>.safetensors      the adversary's reference models, by content key
       scores/<scope>__<attack>.npz    per-sample scores, labels (1 = member), dataset indices,
                                       halves (0 = selection, 1 = bound half)
+      reconstructions/<scope>__<attack>[__class-C].npz, .png   each inversion's images, the
+                                      records they stand for, and an image grid; evaluator.safetensors
       results.json                global and per-client tables
       report.md, roc.png, privacy.png
 
@@ -43,7 +45,8 @@ Parsed = TypeVar("Parsed")
 #: Everything a run writes at its top level, and the one file type of each subfolder.
 RUN_FILES = frozenset({"config.toml", "manifest.json", "metrics.jsonl", "results.json", "report.md",
                        "roc.png", "privacy.png", "preparation.json"})
-RUN_FOLDERS = {"models": ".safetensors", "scores": ".npz", "references": ".safetensors", "prepared": ".png"}
+RUN_FOLDERS = {"models": (".safetensors",), "scores": (".npz",), "references": (".safetensors",),
+               "prepared": (".png",), "reconstructions": (".npz", ".png", ".safetensors")}
 SCORE_ARRAYS = ("scores", "labels", "indices", "halves")
 
 RERUN = "rerun `python -m fedmia simulate --config {path}/config.toml --out {path} --overwrite`"
@@ -88,8 +91,8 @@ class RunDirectory:
             if entry.is_symlink():
                 return False
             if entry.name in RUN_FOLDERS and entry.is_dir():
-                suffix = RUN_FOLDERS[entry.name]
-                if any(f.is_symlink() or not f.is_file() or f.suffix != suffix for f in entry.iterdir()):
+                suffixes = RUN_FOLDERS[entry.name]
+                if any(f.is_symlink() or not f.is_file() or f.suffix not in suffixes for f in entry.iterdir()):
                     return False
             elif entry.name not in RUN_FILES or not entry.is_file():
                 return False

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedmia.metrics import held_out_bound, membership_metrics
+from fedmia.inversion.base import GRADIENT_INVERSION
+from fedmia.inversion.phase import recompute_inversions
 from fedmia.rundir import RunDirectory, reported_tables
 
 
@@ -41,9 +43,31 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
     if any(row.get("epsilon_not_covering") for row in results["clients"]):
         console.print("* formal eps covers only the noisy steps: the defense also reads the client's "
                       "records outside them (see report.md)")
+    for line in inversion_lines(results.get("inversion")):
+        console.print(line)
     timing = results["timing"]
     console.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.1f}s" for k, v in timing.items()))
     console.print(f"report: {Path(run['out']) / 'report.md'}")
+
+
+def inversion_lines(inversion: dict[str, Any] | None) -> list[str]:
+    """One line per inversion attack: the best and mean PSNR over clients (gradient inversion),
+    or the attack accuracy per scope and class (model inversion)."""
+    by_attack: dict[str, list[dict[str, Any]]] = {}
+    for entry in (inversion or {}).get("results", []):
+        if "metrics" in entry:
+            by_attack.setdefault(entry["attack"], []).append(entry)
+    lines = []
+    for attack, entries in by_attack.items():
+        if entries[0]["kind"] == GRADIENT_INVERSION:
+            best = max(entries, key=lambda e: e["metrics"]["psnr"])
+            mean = sum(e["metrics"]["psnr"] for e in entries) / len(entries)
+            lines.append(f"inversion {attack}: best PSNR {_num(best['metrics']['psnr'], 1)} dB ({best['scope']}), "
+                         f"mean {_num(mean, 1)} dB over {len(entries)} uploads")
+        else:
+            lines.append(f"inversion {attack}: attack accuracy " + ", ".join(
+                f"{_num(e['metrics']['attack_accuracy'], 2)} ({e['scope']}, class {e['class']})" for e in entries))
+    return lines
 
 
 def formal_epsilon(row: dict[str, Any]) -> str:
@@ -80,4 +104,6 @@ def check_run(path: Path) -> list[str]:
         bound = held_out_bound({attack: data["scores"] for attack, data in saved.items()}, first["labels"],
                                first["halves"], table["eps_bound"]["delta"])
         mismatches += _differences(f"{scope} held-out bound", bound.to_dict(), table["eps_bound"])
+    for where, fresh_metrics, reported_metrics in recompute_inversions(rundir, results):
+        mismatches += _differences(where, fresh_metrics, reported_metrics)
     return mismatches

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from clients.dp_mod import CLIENT_DP_CONFIG_KEY
 from fedmia.config import RunConfig, resolve_config
 from fedmia.errors import FedmiaError
 from fedmia.evaluation import evaluate_privacy, last_client_reports, scope_tasks
+from fedmia.inversion.phase import inversion_phase
 from fedmia.privacy import default_delta
 from fedmia.progress import Progress, SilentProgress
 from fedmia.recorder import RoundRecorder
@@ -256,6 +257,7 @@ def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTime
     with timer.phase("attacks"):
         results = evaluate_privacy(run, on_scope)
     progress.on_attacks_done()
+    results.update(inversion_phase(run, timer, progress, on_scope))
     results["client_level_dp"] = client_level_privacy(strategy.inner, config)
     return write_outputs(run, results, timer)
 
