@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_diffusion.py
 	$(BIN)/python benchmarks/bench_preparation.py
+	$(BIN)/python benchmarks/bench_inversion.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
