@@ -251,8 +251,8 @@ def _inversion_row(entry: dict[str, Any]) -> str:
     m = entry["metrics"]
     if entry["kind"] == GRADIENT_INVERSION:
         label = "n/a" if m["label_accuracy"] is None else _fmt(m["label_accuracy"])
-        numbers = (f"round {entry['round']}, {entry['num_examples']} records, {entry['local_steps']} local "
-                   f"steps: PSNR {_fmt(m['psnr'], 1)} dB, SSIM {_fmt(m['ssim'])}, MSE {_fmt(m['mse'], 4)}, "
+        numbers = (f"round {entry['round']}, {entry['num_examples']} records, local steps {entry['local_steps']}"
+                   f": PSNR {_fmt(m['psnr'], 1)} dB, SSIM {_fmt(m['ssim'])}, MSE {_fmt(m['mse'], 4)}, "
                    f"labels {label}")
     else:
         numbers = (f"class {entry['class']}: attack accuracy {_fmt(m['attack_accuracy'])}, feature distance "

@@ -6,6 +6,7 @@ from pathlib import Path
 from fedmia.cli import build_parser
 from fedmia.config import RunConfig
 from fedmia.defenses import DEFENSES
+from fedmia.inversion import INVERSIONS
 from fedmia.release import RELEASE_DEFENSES
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
@@ -29,3 +30,10 @@ def test_every_flag_and_config_key_is_in_the_readme():
 def test_every_defense_and_release_defense_is_in_the_readme():
     assert not [name for name in DEFENSES if f"| `{name}` |" not in README]
     assert not [name for name in RELEASE_DEFENSES if f"`{name}[" not in README]
+
+
+def test_every_inversion_attack_and_its_parameters_are_in_the_readme():
+    for name, attack in INVERSIONS.items():
+        row = next((line for line in README.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, name
+        assert not [key for key in attack.parameters if f"`{key}`" not in row], name

@@ -179,7 +179,7 @@ def invert_model(run: PreparedRun, target: InversionTarget, model: nn.Module,
     access = ModelAccess(model, run.images(pool), run.labels(pool), run.dataset.num_classes,
                          run.prepare_context(0).cache)
     attack: ModelInversionAttack = target.spec.build()
-    seed = round_seed(run.config.seed, MODEL_KEY, -1 if target.client is None else target.client,
+    seed = round_seed(run.config.seed, MODEL_KEY, 0 if target.client is None else target.client + 1,
                       target.protected_class)
     reconstruction = attack.reconstruct(access, target.protected_class, MODEL_INVERSION_IMAGES, seed)
     private_images = run.images(private)
