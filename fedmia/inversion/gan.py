@@ -136,7 +136,8 @@ class TrainedGan:
     @torch.no_grad()
     def sample(self, count: int, seed: int) -> np.ndarray:
         """`count` images (float32, [0, 1]) from seeded latents."""
-        return self.generator.eval()(initial_latents(self, count, seed)).numpy()
+        latents = initial_latents(self, count, seed).to(_device(self.generator))
+        return self.generator.eval()(latents).cpu().numpy()
 
 
 def _check_images(images: np.ndarray) -> None:

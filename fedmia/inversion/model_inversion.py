@@ -109,8 +109,8 @@ class Gmi(ModelInversionAttack):
         _check_request(access, target_class, count)
         started = time.perf_counter()
         kept = access.public_labels != target_class
-        gan, gan_record = self.prior(access.public_images[kept], seed, access.cache)
         model = access.model.eval()
+        gan, gan_record = self.prior(access.public_images[kept], seed, access.cache, str(_device(model)))
         images = invert_latents(gan, model, target_class, count, iterations=self.params["iterations"],
                                 lr=self.params["lr"], prior_weight=self.params["prior_weight"], seed=seed)
         objective = inversion_objective(gan, model, images, target_class, self.params["prior_weight"])
@@ -119,23 +119,21 @@ class Gmi(ModelInversionAttack):
         return Reconstruction(images, np.full(count, target_class, dtype=np.int64),
                               time.perf_counter() - started, details)
 
-    def prior(self, images: np.ndarray, seed: int,
-              cache: PreparationCache | None) -> tuple[TrainedGan, dict[str, Any]]:
-        """The GAN trained on exactly `images` (from `cache` when it holds one for them), and
-        what to record of it."""
+    def prior(self, images: np.ndarray, seed: int, cache: PreparationCache | None,
+              device: str) -> tuple[TrainedGan, dict[str, Any]]:
+        """The GAN trained on exactly `images` on `device` (from `cache` when it holds one for
+        them), and what to record of it."""
         steps = self.params["gan_steps"]
         if cache is None:
-            gan = train_gan(images, seed, steps)
+            gan = train_gan(images, seed, steps, device=device)
             return gan, {**gan.details(), "reused": False}
         key = content_key(GAN_KIND, images=images, seed=seed, steps=steps, batch_size=GAN_BATCH, lr=GAN_LR,
-                          latent_dim=LATENT_DIM)
+                          latent_dim=LATENT_DIM, device=device)
 
         def build(folder: Path) -> Prepared:
-            gan = train_gan(images, seed, steps)
+            gan = train_gan(images, seed, steps, device=device)
             return Prepared(gan.arrays(), gan.details())
 
         prepared, record = cache.get_or_build(GAN_KIND, key, build)
         return TrainedGan.from_arrays(prepared.arrays, prepared.details), record.to_dict()
 
-
-MODEL_INVERSION_ATTACKS: dict[str, type[ModelInversionAttack]] = {attack.name: attack for attack in (MiFace, Gmi)}
