@@ -7,19 +7,22 @@ A round's local training is made of parts:
   regularization, MMD);
 - **privatizer**: how gradients become the update (plain SGD, or `dpsgd` / `ladp`);
 - and two knobs: hooks on the model while it trains (dropout) and changes to the local plan
-  (weight decay, fewer epochs).
+  (weight decay, fewer epochs);
+- **finishers**: steps on the trained model after the round's training, before upload (decoy's
+  fine-tuning against model inversion), run in order.
 
 Each defense fills the parts it is about (`RecipeDefense.fill`); a config's `defense =
 "mixup+dpsgd"` fills them in turn, each part at most once. A privatizer's epsilon is a guarantee
 for the client only if nothing else read its records: every part that does (a diffusion model
-or teacher trained without DP, mixup pairing two records in one example) says so, and the round
-report lists it under `details["epsilon_not_covering"]`.
+or teacher trained without DP, mixup pairing two records in one example, a finisher reading
+them) says so, and the round report lists it under `details["epsilon_not_covering"]`.
 """
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -96,6 +99,18 @@ class Objective:
         here. The default reads only the batch's logits."""
 
 
+class Finisher(ABC):
+    """A step on the model once the round's local training is done; what it leaves is the
+    upload. It does not run in a round the privatizer stopped (the model was not trained)."""
+
+    #: Why it reads the client's records outside the privatizer (None: it does not).
+    outside_privatizer: str | None = None
+
+    @abstractmethod
+    def finish(self, model: nn.Module, data: ClientData, context: RoundContext) -> dict[str, Any]:
+        """Change the trained `model` in place; return details for the round report."""
+
+
 @dataclass
 class Recipe:
     """The parts of one round, as the composed defenses filled them."""
@@ -105,6 +120,7 @@ class Recipe:
     privatizer: PrivateDefense | None = None
     model_hooks: list[ModelHook] = field(default_factory=list)
     plan_changes: dict[str, Any] = field(default_factory=dict)
+    finishers: list[Finisher] = field(default_factory=list)
     #: Why the client does not train this round (e.g. its early-stopping epoch passed).
     skip: str = ""
     filled_by: dict[str, str] = field(default_factory=dict)
@@ -118,7 +134,7 @@ class Recipe:
 
     def not_covering(self) -> list[str]:
         """What the privatizer's epsilon does not cover."""
-        reasons = [self.data.outside_privatizer]
+        reasons = [self.data.outside_privatizer, *(finisher.outside_privatizer for finisher in self.finishers)]
         if self.data.mixer is not None:
             reasons.append("mixup: each training example combines two records, so one record "
                            "reaches more than one clipped gradient")
@@ -173,13 +189,28 @@ def train_recipe_round(parts: tuple[Defense, ...], model: nn.Module, data: Clien
     recipe.objective.bind(model)
     with hooked(model, recipe.model_hooks):
         if recipe.privatizer is not None:
-            return _private_round(recipe, model, data, training, context)
-        stats = train_epochs(model, training.images, training.labels, context.plan, context.seed,
-                             loss_fn=recipe.objective.batch_loss, soft_targets=training.targets,
-                             mix=recipe.data.mixer, num_classes=data.num_classes)
-    return RoundReport(len(data), stats.loss, stats.accuracy, stats.seconds,
-                       details={"examples_seen": stats.examples, "private_rows": int(training.private.sum()),
-                                "training_rows": len(training)})
+            report = _private_round(recipe, model, data, training, context)
+        else:
+            stats = train_epochs(model, training.images, training.labels, context.plan, context.seed,
+                                 loss_fn=recipe.objective.batch_loss, soft_targets=training.targets,
+                                 mix=recipe.data.mixer, num_classes=data.num_classes)
+            report = RoundReport(len(data), stats.loss, stats.accuracy, stats.seconds,
+                                 details={"examples_seen": stats.examples,
+                                          "private_rows": int(training.private.sum()),
+                                          "training_rows": len(training)})
+    return _finish(recipe, model, data, context, report)
+
+
+def _finish(recipe: Recipe, model: nn.Module, data: ClientData, context: RoundContext,
+            report: RoundReport) -> RoundReport:
+    """The finishers on the trained model; their details join the report, their time its seconds."""
+    if report.stopped or not recipe.finishers:
+        return report
+    started = time.perf_counter()
+    details = dict(report.details)
+    for finisher in recipe.finishers:
+        details.update(finisher.finish(model, data, context))
+    return replace(report, seconds=report.seconds + time.perf_counter() - started, details=details)
 
 
 def _private_round(recipe: Recipe, model: nn.Module, data: ClientData, training: TrainingSet,
