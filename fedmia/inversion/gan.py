@@ -27,7 +27,8 @@ from fedmia.errors import FedmiaError
 from fedmia.seeding import round_seed
 
 LATENT_DIM = 32
-#: Default training steps: recognisable digits and garments within a minute or two on one core.
+#: Default training steps: digit-like 8x8 samples in about 13 s of one core's time, garment-like
+#: (noisy) 28x28 Fashion-MNIST samples in about 160 s.
 GAN_STEPS = 1500
 GAN_BATCH = 64
 GAN_LR = 2e-4
