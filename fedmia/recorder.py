@@ -4,7 +4,7 @@ The server-side adversary observes every client upload (saved as that client's l
 and per round as far as the `keep_uploads` policy keeps them, for trajectory attacks)
 and every client report; after each round the recorder evaluates the new global model on the
 test pool, saves it, and appends one line to metrics.jsonl, so a run killed mid-way keeps
-every finished round.
+every finished round. Each line's `seconds` split the round's wall time (see `round_seconds`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fedmia.errors import FedmiaError
 from fedmia.adversary.uploads import KeepPolicy
 from fedmia.rundir import client_model_name, global_round_name, upload_name
 from fedmia.run import PreparedRun
+from fedmia.timing import RunTimer
 from fedmia.training import predict_logits
 
 
@@ -80,10 +81,15 @@ class RoundRecorder:
         self.keep = KeepPolicy.parse(run.config.keep_uploads)
         self._reports: list[dict[str, Any]] = []
         self._problems: list[dict[str, Any]] = []
+        self._round_started = time.time()
+        self._first_upload_at: float | None = None
+        self._timer = RunTimer()
 
     def observe_update(self, server_round: int, client: int, state: dict[str, torch.Tensor],
                        report: dict[str, Any]) -> bool:
         """Record one upload; returns False (and records why) when it must be left out."""
+        if self._first_upload_at is None:
+            self._first_upload_at = time.time()
         try:
             check_update(self.reference, state)
         except FedmiaError as error:
@@ -91,9 +97,10 @@ class RoundRecorder:
             return False
         self._reports.append(report)
         if not report.get("stopped"):
-            self.run.rundir.save_model(client_model_name(client), state)
-            if self.keep.keeps(server_round):
-                self.run.rundir.save_model(upload_name(client, server_round), state)
+            with self._timer.phase("save"):
+                self.run.rundir.save_model(client_model_name(client), state)
+                if self.keep.keeps(server_round):
+                    self.run.rundir.save_model(upload_name(client, server_round), state)
         return True
 
     def record_problem(self, server_round: int, client: int | None, reason: str) -> None:
@@ -101,9 +108,12 @@ class RoundRecorder:
 
     def finish_round(self, server_round: int, global_state: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Evaluate and save the global model, append the round's line to metrics.jsonl."""
-        model = self.run.model_from_state(global_state)
-        test = evaluate_on(model, self.test_images, self.test_labels, self.run.config.device)
-        self.run.rundir.save_model(global_round_name(server_round), global_state)
+        aggregated_at, uploads_saved = time.time(), self._timer.seconds().get("save", 0.0)
+        with self._timer.phase("evaluation"):
+            model = self.run.model_from_state(global_state)
+            test = evaluate_on(model, self.test_images, self.test_labels, self.run.config.device)
+        with self._timer.phase("save"):
+            self.run.rundir.save_model(global_round_name(server_round), global_state)
         self.latest_global = global_state
         elapsed = time.perf_counter() - self.started
         record = {
@@ -113,9 +123,26 @@ class RoundRecorder:
             "elapsed_s": elapsed,
             "clients": sorted(self._reports, key=lambda r: r["client"]),
             "problems": sorted(self._problems, key=problem_order),
+            "seconds": self.round_seconds(aggregated_at, uploads_saved),
         }
         self.run.rundir.append_metrics(record)
         self._reports, self._problems = [], []
+        self._round_started, self._first_upload_at, self._timer = time.time(), None, RunTimer()
         if self.on_round:
             self.on_round(RoundSummary(server_round, self.run.config.rounds, test["accuracy"], elapsed))
         return record
+
+    def round_seconds(self, aggregated_at: float, uploads_saved: float) -> dict[str, float]:
+        """The round's wall time since the last one ended ("round"), split into: "configure"
+        (until the first instruction was sent), "dispatch" (until the first reply was seen,
+        which is after the last arrived), "aggregate" (checking and averaging the uploads),
+        "evaluation" (the new global model on the test pool) and "save" (model files;
+        `uploads_saved` of them before aggregation ended). The first three need the clients'
+        `timing` and are left out of a round without them."""
+        seconds = {"round": time.time() - self._round_started, **self._timer.seconds()}
+        sent = [r["timing"]["sent_at"] for r in self._reports if "timing" in r]
+        if sent and self._first_upload_at is not None:
+            seconds.update(configure=min(sent) - self._round_started,
+                           dispatch=self._first_upload_at - min(sent),
+                           aggregate=aggregated_at - self._first_upload_at - uploads_saved)
+        return seconds

@@ -36,6 +36,12 @@ from strategies.server_app import ServerControl, make_server_app, wrap_client_dp
 INTERRUPTED_EXIT_CODE = 130
 WATCHDOG_DELAY_S = 0.5
 PR_SET_CHILD_SUBREAPER = 36
+#: What Ray's worker processes import as they start, before any client message: the ClientApp
+#: with fedmia and torch, Flower's client actor, and torch's compiler front end, which
+#: torch.optim imports on a process's first optimizer (about a second). Ray starts the workers
+#: with the cluster, so this runs while the driver sets up the federation, instead of inside
+#: round 1.
+WORKER_MODULES = ("clients.app", "flwr.simulation.ray_transport.ray_actor", "torch._dynamo")
 
 
 def quiet_logs(verbose: bool) -> None:
@@ -74,7 +80,8 @@ def check_resources(config: RunConfig, cpus: int, gpus: int) -> None:
 def start_ray(gpus: int, verbose: bool) -> None:
     """Always a new local Ray instance (never one left over by an earlier run or started with
     `ray start`). Workers find the project through PYTHONPATH in the environment they inherit,
-    not through a runtime environment, which Ray would have to build for every job."""
+    not through a runtime environment, which Ray would have to build for every job, and
+    import `WORKER_MODULES` as they start."""
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     ray.init(
         address="local",
@@ -83,6 +90,7 @@ def start_ray(gpus: int, verbose: bool) -> None:
         include_dashboard=False,
         log_to_driver=verbose,
         logging_level=logging.INFO if verbose else logging.ERROR,
+        _system_config={"preload_python_modules": list(WORKER_MODULES)},
     )
 
 

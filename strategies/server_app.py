@@ -79,6 +79,12 @@ class StoppableGrid(Grid):
         if self.stop.is_set():
             raise RunInterrupted("stopped by the driver")
 
+    def wait_for_nodes(self, count: int) -> None:
+        """Flower registers the simulation's nodes while the ServerApp starts: wait for `count`."""
+        while len(list(self.get_node_ids())) < count:
+            self.check()
+            self.stop.wait(self.poll_interval_s)
+
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
 
@@ -239,6 +245,9 @@ def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTime
         return MetricRecord({"test-accuracy": record["test_accuracy"], "test-loss": record["test_loss"]})
 
     strategy = build_strategy(config, recorder)
+    with timer.phase("client_startup"):
+        stoppable.wait_for_nodes(config.clients)
+        strategy.client_of_node(stoppable)
     with timer.phase("training"):
         strategy.start(
             grid=stoppable,

@@ -1,11 +1,14 @@
 """`flwr run`'s path into a run: the run config becomes a prepared run, and an earlier run in
-`out` is kept unless the run config says overwrite."""
+`out` is kept unless the run config says overwrite; the server identifies its clients only once
+every node has registered."""
+
+import threading
 
 import pytest
 from flwr.app import Context, RecordDict
 
 from fedmia.errors import FedmiaError
-from strategies.server_app import prepare_flower_run
+from strategies.server_app import RunInterrupted, StoppableGrid, prepare_flower_run
 
 
 class Nodes:
@@ -31,3 +34,22 @@ def test_clients_follow_the_federation_and_an_earlier_run_needs_overwrite(tmp_pa
         prepare_flower_run(Nodes(3), context(out))
     again = prepare_flower_run(Nodes(4), context(out, overwrite=True))
     assert again.config.clients == 4
+
+
+class Registering(Nodes):
+    """A grid whose nodes register one by one, as Flower's simulation runtime registers them
+    while the ServerApp starts."""
+
+    def get_node_ids(self):
+        self.count += 1
+        return list(range(self.count - 1))
+
+
+def test_the_server_waits_for_every_node_before_identifying_them():
+    grid = Registering(0)
+    StoppableGrid(grid, threading.Event()).wait_for_nodes(4)
+    assert grid.count == 5, "asked until all 4 nodes were there"
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RunInterrupted):
+        StoppableGrid(Registering(0), stop).wait_for_nodes(100)
