@@ -84,6 +84,14 @@ class Reconstruction:
                              f"{self.images.shape} and {self.labels.shape}")
 
 
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean absolute difference between neighbouring pixels: the smoothness
+    prior of natural images, one weight meaning the same at any resolution."""
+    down = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().flatten(1).mean(1)
+    across = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().flatten(1).mean(1)
+    return down + across
+
+
 class ReconstructionAttack(ABC):
     """One reconstruction attack: parameters checked at construction (a one-line error names
     the bad one), then `reconstruct` on what its threat model observes."""

@@ -36,9 +36,10 @@ from torch import nn
 from torch.func import functional_call
 
 from fedmia.attacks.base import Parameter
-from fedmia.inversion.base import ClientUpdate, GradientInversionAttack, Reconstruction
+from fedmia.inversion.base import ClientUpdate, GradientInversionAttack, Reconstruction, total_variation
 from fedmia.inversion.labels import estimated_gradient, recover_labels
 from fedmia.training import TrainingPlan, train_epochs
+
 
 def euclidean(simulated: list[torch.Tensor], observed: list[torch.Tensor]) -> torch.Tensor:
     """DLG's squared Euclidean distance, divided by the observed update's squared norm so one
@@ -53,13 +54,6 @@ def cosine(simulated: list[torch.Tensor], observed: list[torch.Tensor]) -> torch
     dot = sum((s * o).sum() for s, o in zip(simulated, observed))
     norms = (sum((s**2).sum() for s in simulated) * sum((o**2).sum() for o in observed)).sqrt()
     return 1 - dot / norms.clamp_min(1e-30)
-
-
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference between neighbouring pixels: natural images are smooth."""
-    across = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
-    down = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
-    return across + down
 
 
 def observe_round(model: nn.Module, images: np.ndarray, labels: np.ndarray, plan: TrainingPlan,
@@ -253,7 +247,7 @@ class InvertingGradients(UpdateMatchingAttack):
 
         def objective() -> torch.Tensor:
             matched = cosine(simulation.simulate(images, targets), simulation.observed)
-            return matched + self.params["tv"] * total_variation(images)
+            return matched + self.params["tv"] * total_variation(images).mean()
 
         for _ in range(iterations):
             optimizer.zero_grad()

@@ -27,7 +27,7 @@ from torch import nn
 from fedmia.attacks.base import Parameter
 from fedmia.defenses.cache import PreparationCache, Prepared, content_key
 from fedmia.errors import FedmiaError
-from fedmia.inversion.base import ModelAccess, ModelInversionAttack, Reconstruction
+from fedmia.inversion.base import ModelAccess, ModelInversionAttack, Reconstruction, total_variation
 from fedmia.inversion.gan import (GAN_BATCH, GAN_LR, GAN_STEPS, LATENT_DIM, TrainedGan, inversion_objective,
                                   invert_latents, train_gan)
 from fedmia.seeding import round_seed
@@ -46,14 +46,6 @@ def _check_request(access: ModelAccess, target_class: int, count: int) -> None:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def total_variation(images: torch.Tensor) -> torch.Tensor:
-    """Per image, the mean absolute difference between neighbouring pixels (so one weight
-    means the same at any resolution)."""
-    down = (images[:, :, 1:, :] - images[:, :, :-1, :]).abs().flatten(1).mean(1)
-    across = (images[:, :, :, 1:] - images[:, :, :, :-1]).abs().flatten(1).mean(1)
-    return down + across
 
 
 class MiFace(ModelInversionAttack):

@@ -20,7 +20,8 @@ from fedmia.defenses.cache import PreparationCache
 from fedmia.errors import FedmiaError
 from fedmia.inversion.base import MODEL_INVERSION, ModelAccess
 from fedmia.inversion.judge import attack_accuracy, nearest_private_distance, train_evaluator
-from fedmia.inversion.model_inversion import Gmi, MiFace, total_variation
+from fedmia.inversion.base import total_variation
+from fedmia.inversion.model_inversion import Gmi, MiFace
 from fedmia.models import build_model
 from fedmia.training import TrainingPlan, train_epochs
 
