@@ -28,6 +28,13 @@ Where this differs from the patent, and why (measured on the 8x8 digits, 100 rec
   omega weighs a mean squared weight change whatever the model's confidence;
 - inversion_lr defaults to 0.1: at the patent's 1e-3, 100 iterations left the trained model's
   probability of the protected class at 0.005 on the "inverted private samples".
+On digits (4 splits, 100 records, defaults, GAN 1000 steps at lr 5e-4), a GMI attacker with its
+own GAN recovered the protected class 28% of the time against the undefended model, 5% against
+the defended one (an independent CNN judging); the records' accuracy fell from 100% to 81% and
+held-out accuracy from 89% to 66%, mostly on the decoy class: digits' public and private data
+share classes, unlike the patent's faces, so decoys labeled as the protected class cost a real
+class (omega 100: 89% and 78%, attack 8%).
+
 Inversion minimizes prior_weight * -log D(G(z)) + CE (`invert_latents`); the patent writes
 -log D + lambda CE, the same minimizer with prior_weight = 1 / lambda.
 

@@ -98,11 +98,12 @@ def test_the_round_turns_the_protected_class_from_the_inversions_to_the_decoys(d
     private, decoys = finisher.inputs.private, finisher.inputs.decoys
     assert private.shape == decoys.shape == (16, *SHAPE)
     for name, tensor in rounds["plain"].state_dict().items():
-        torch.testing.assert_close(theta_star.state_dict()[name], tensor, rtol=0, atol=0, msg="trained as without decoy")
+        torch.testing.assert_close(theta_star.state_dict()[name], tensor, rtol=0, atol=0,
+                                   msg="the finisher starts from the round trained as without decoy")
     auxiliary = finisher.classifier
     assert (predict_logits(auxiliary, decoys).argmax(1) == DECOY).mean() >= 0.9, "decoys invert the decoy class"
-    before = {"private": protected_probability(theta_star, private), "decoys": protected_probability(theta_star, decoys)}
-    after = {"private": protected_probability(upload, private), "decoys": protected_probability(upload, decoys)}
+    before, after = ({"private": protected_probability(model, private), "decoys": protected_probability(model, decoys)}
+                     for model in (theta_star, upload))
     assert before["private"] > 0.5 and after["private"] < 0.15
     assert before["decoys"] < 0.05 and after["decoys"] > 0.6
     details = report.details["decoy"]
@@ -140,7 +141,8 @@ def test_the_fisher_information_is_the_normalized_mean_squared_gradient(digits, 
     squares = {name: torch.zeros_like(p) for name, p in trained.named_parameters()}
     for image, label in zip(images, labels):
         loss = torch.nn.functional.cross_entropy(trained(torch.as_tensor(image[None])), torch.tensor([label]))
-        for (name, _), gradient in zip(trained.named_parameters(), torch.autograd.grad(loss, list(trained.parameters()))):
+        gradients = torch.autograd.grad(loss, list(trained.parameters()))
+        for (name, _), gradient in zip(trained.named_parameters(), gradients):
             squares[name] += gradient.square()
     mean = torch.cat([s.flatten() for s in squares.values()]).mean()
     for name, square in squares.items():
