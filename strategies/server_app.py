@@ -69,7 +69,9 @@ class StoppableGrid(Grid):
     Flower's grids wait for every reply (up to an hour); after Ctrl-C the clients are gone, and
     a ServerApp thread left waiting would keep the driver process alive."""
 
-    poll_interval_s = 0.1
+    #: How often to look for replies: the server sees each one at most this long after Flower
+    #: stored it (the last one ends the round).
+    poll_interval_s = 0.01
 
     def __init__(self, grid: Grid, stop: threading.Event) -> None:
         self.grid = grid

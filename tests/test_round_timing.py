@@ -6,11 +6,10 @@ import json
 import os
 
 import pytest
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.app import REPORT_KEY, make_client_app, use_assigned_threads
+from clients.app import REPORT_KEY, make_client_app
 from fedmia.config import RunConfig
 from fedmia.local import run_local_round
 from fedmia.recorder import RoundRecorder
@@ -125,12 +124,3 @@ def test_transfer_is_the_workers_time_outside_the_client_app():
     assert server_round_seconds(rounds) == pytest.approx({"round": 3.0, "configure": 0.5, "dispatch": 3.0,
                                                           "evaluation": 0.3})
 
-
-def test_a_worker_uses_the_threads_ray_assigned(monkeypatch):
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    try:
-        use_assigned_threads()
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(threads)
