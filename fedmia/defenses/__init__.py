@@ -13,6 +13,7 @@ from fedmia.defenses.advreg import AdversarialRegularization
 from fedmia.defenses.base import ClientData, Defense, PrepareContext, RoundContext, RoundReport
 from fedmia.defenses.cache import PreparationCache, PreparationRecord
 from fedmia.defenses.recipe import RecipeDefense, train_recipe_round
+from fedmia.defenses.decoy import Decoy
 from fedmia.defenses.diffusion_mixup import DiffusionMixup
 from fedmia.defenses.distill import Distill
 from fedmia.defenses.dpsgd import DPSGD
@@ -29,7 +30,7 @@ from fedmia.errors import FedmiaError
 
 DEFENSES: dict[str, type[Defense]] = {cls.name: cls for cls in (
     NoDefense, DPSGD, LayeredAdaptiveDP, Mixup, LabelSmoothing, Dropout, WeightDecay, EarlyStopping,
-    RelaxLoss, AdversarialRegularization, MixupMMD, Distill, DiffusionMixup)}
+    RelaxLoss, AdversarialRegularization, MixupMMD, Distill, DiffusionMixup, Decoy)}
 
 
 class Composition(Defense):

@@ -152,3 +152,11 @@ def check_param(name: str, value: float, low: float, high: float = float("inf"),
     if not low <= number <= high:
         raise FedmiaError(f"defense {defense!r}: {name}={value} is out of range [{low}, {high}]")
     return number
+
+
+def check_whole(name: str, value: Any, low: int, high: int, *, defense: str) -> int:
+    """`check_param` for a count (steps, samples, a class index): a whole number in range."""
+    number = check_param(name, value, low, high, defense=defense)
+    if not number.is_integer():
+        raise FedmiaError(f"defense {defense!r}: {name}={value} must be a whole number")
+    return int(number)

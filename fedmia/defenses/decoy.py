@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedmia.defenses.base import ClientData, PrepareContext, RoundContext, check_param
+from fedmia.defenses.base import ClientData, PrepareContext, RoundContext, check_param, check_whole
 from fedmia.defenses.cache import Prepared, PreparationRecord, content_key
 from fedmia.defenses.recipe import Finisher, Recipe, RecipeDefense
 from fedmia.defenses.teacher import train_teacher
@@ -71,13 +71,6 @@ FISHER_READS_RECORDS = ("decoy's fine-tuning weighs the weights by their Fisher 
 DECOY_KEY, PRIVATE_KEY = 1, 2
 #: Floats of per-sample gradients held at once while the Fisher information is summed.
 FISHER_FLOATS = 1 << 24
-
-
-def whole(name: str, value: Any, low: int, high: int) -> int:
-    number = check_param(name, value, low, high, defense=Decoy.name)
-    if not number.is_integer():
-        raise FedmiaError(f"defense 'decoy': {name}={value} must be a whole number")
-    return int(number)
 
 
 def fisher_diagonal(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: str) -> dict[str, torch.Tensor]:
@@ -204,23 +197,24 @@ class Decoy(RecipeDefense):
                  inversion_lr: float = 0.1, prior_weight: float = 0.1, finetune_steps: int = 50,
                  finetune_lr: float = 1e-3, gan_steps: int = GAN_STEPS, gan_lr: float = GAN_LR,
                  classifier_epochs: int = 20) -> None:
-        self.protected_class = whole("protected_class", protected_class, 0, 100_000)
-        self.decoy_class = whole("decoy_class", decoy_class, 0, 100_000)
+        self.protected_class = check_whole("protected_class", protected_class, 0, 100_000, defense=self.name)
+        self.decoy_class = check_whole("decoy_class", decoy_class, 0, 100_000, defense=self.name)
         if self.protected_class == self.decoy_class:
             raise FedmiaError(f"defense 'decoy': protected_class and decoy_class are both {protected_class}; "
                               "the decoy must be another class")
         self.alpha = check_param("alpha", alpha, 0.0, 1e4, defense=self.name)
         self.beta = check_param("beta", beta, 0.0, 1e4, defense=self.name)
         self.omega = check_param("omega", omega, 0.0, 1e12, defense=self.name)
-        self.inversions = whole("inversions", inversions, 1, 100_000)
-        self.inversion_iterations = whole("inversion_iterations", inversion_iterations, 0, 1_000_000)
+        self.inversions = check_whole("inversions", inversions, 1, 100_000, defense=self.name)
+        self.inversion_iterations = check_whole("inversion_iterations", inversion_iterations, 0, 1_000_000,
+                                                defense=self.name)
         self.inversion_lr = check_param("inversion_lr", inversion_lr, 1e-8, 10.0, defense=self.name)
         self.prior_weight = check_param("prior_weight", prior_weight, 0.0, 1e4, defense=self.name)
-        self.finetune_steps = whole("finetune_steps", finetune_steps, 0, 1_000_000)
+        self.finetune_steps = check_whole("finetune_steps", finetune_steps, 0, 1_000_000, defense=self.name)
         self.finetune_lr = check_param("finetune_lr", finetune_lr, 1e-8, 10.0, defense=self.name)
-        self.gan_steps = whole("gan_steps", gan_steps, 1, 10_000_000)
+        self.gan_steps = check_whole("gan_steps", gan_steps, 1, 10_000_000, defense=self.name)
         self.gan_lr = check_param("gan_lr", gan_lr, 1e-8, 1.0, defense=self.name)
-        self.classifier_epochs = whole("classifier_epochs", classifier_epochs, 1, 10_000)
+        self.classifier_epochs = check_whole("classifier_epochs", classifier_epochs, 1, 10_000, defense=self.name)
         self.prepared: tuple[TrainedGan, nn.Module] | None = None
 
     def check_classes(self, num_classes: int) -> None:

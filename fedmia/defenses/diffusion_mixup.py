@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedmia.defenses.base import ClientData, PrepareContext, RoundContext, check_param
+from fedmia.defenses.base import ClientData, PrepareContext, RoundContext, check_param, check_whole
 from fedmia.defenses.cache import Prepared, PreparationRecord, content_key
 from fedmia.defenses.mixup import mix_pairs
 from fedmia.defenses.recipe import DataSource, Recipe, RecipeDefense, TrainingSet
@@ -43,13 +43,6 @@ SYNTHESIS_READS_RECORDS = "the diffusion model and the teacher trained on the cl
 #: Seed keys of the preparation's steps.
 DIFFUSION_KEY, SAMPLING_KEY = 1, 2
 GRID_FILE = "closest-pairs.png"
-
-
-def whole(name: str, value: Any, low: int, high: int) -> int:
-    number = check_param(name, value, low, high, defense="diffusion-mixup")
-    if not number.is_integer():
-        raise FedmiaError(f"defense 'diffusion-mixup': {name}={value} must be a whole number")
-    return int(number)
 
 
 class SubsetWithSynthetic(DataSource):
@@ -81,16 +74,16 @@ class DiffusionMixup(RecipeDefense):
                  alpha: float = 1.0, teacher_epochs: int = 20, diffusion_steps: int = 0,
                  conditional: bool = False, guidance: float = 1.8, sample_steps: int = 25) -> None:
         self.private_fraction = check_param("private_fraction", private_fraction, 0.0, 1.0, defense=self.name)
-        self.synthetic = whole("synthetic", synthetic, 0, 1_000_000)
+        self.synthetic = check_whole("synthetic", synthetic, 0, 1_000_000, defense=self.name)
         self.confidence = check_param("confidence", confidence, 0.0, 1.0, defense=self.name)
         self.alpha = check_param("alpha", alpha, 1e-3, 100.0, defense=self.name)
-        self.teacher_epochs = whole("teacher_epochs", teacher_epochs, 1, 10_000)
-        self.diffusion_steps = whole("diffusion_steps", diffusion_steps, 0, 10_000_000)
+        self.teacher_epochs = check_whole("teacher_epochs", teacher_epochs, 1, 10_000, defense=self.name)
+        self.diffusion_steps = check_whole("diffusion_steps", diffusion_steps, 0, 10_000_000, defense=self.name)
         if not isinstance(conditional, bool):
             raise FedmiaError(f"defense 'diffusion-mixup': conditional={conditional!r} must be true or false")
         self.conditional = conditional
         self.guidance = check_param("guidance", guidance, 0.0, 100.0, defense=self.name)
-        self.sample_steps = whole("sample_steps", sample_steps, 1, 1000)
+        self.sample_steps = check_whole("sample_steps", sample_steps, 1, 1000, defense=self.name)
         self.data: SubsetWithSynthetic | None = None
 
     def recipe(self, image_shape: tuple[int, int, int]) -> DiffusionRecipe:
