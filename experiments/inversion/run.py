@@ -194,7 +194,8 @@ def save_grids(folder: Path, cells: list[dict[str, Any]]) -> None:
     """Seed 0's reconstructions above their paired records, for the inverting-gradients cells."""
     for cell in cells:
         images, truth = cell["grids"]["inverting-gradients"]
-        name = f"{cell['defense'].replace(' ', '-')}-n{cell['records']}-{cell['client']}.png"
+        model = "-dp-compatible" if cell["dp_form"] else ""
+        name = f"{cell['defense'].replace(' ', '-')}{model}-n{cell['records']}-{cell['client']}.png"
         pair_grid(images, truth, [""] * len(images),
                   f"inverting-gradients, {cell['defense']}, {cell['records']} records, {cell['client']}",
                   folder / "grids" / name)
