@@ -4,16 +4,21 @@ Layers are clipped in groups: a sample's gradient over a group's layers is scale
 the group's C, and the group's summed gradient gets Gaussian noise of std sigma C. Flat DP-SGD is
 one group holding every layer; layered DP is one group per layer.
 
-Why not Opacus's `GradSampleModule` and `DPOptimizer`: on fedmia's small models their Python
-overhead per step makes a DP step 3-7x a plain one (`benchmarks/bench_dp.py`), and the optimizer
-adds one noise std to every parameter, while layered DP needs one per layer. Here, forward hooks
-record each parametrized layer's input and output, and one `torch.autograd.grad` of the summed
-loss with respect to those outputs gives every layer's per-sample output gradients (no parameter
-gradient is computed on the way). Per-sample parameter gradients then come from
+Why not Opacus's `GradSampleModule` and `DPOptimizer`: on fedmia's small models every one of
+its grad-sample modes (hooks, functorch's vmap, expanded weights, ghost clipping) makes a DP step
+3-20x a plain one (`benchmarks/bench_dp.py`), and the optimizer adds one noise std to every
+parameter, while layered DP needs one per layer. Here, forward hooks record each parametrized
+layer's input and output, and one `torch.autograd.grad` of the summed loss with respect to those
+outputs gives every layer's per-sample output gradients (no parameter gradient is computed on
+the way). Per-sample parameter gradients then come from
 - `nn.Linear` on (batch, features) inputs: kept factored, never materialized (sample i's weight
   gradient is the outer product b_i a_i^T, so its squared norm is |a_i|^2 |b_i|^2 and a weighted
-  sum over samples is (w * b)^T a);
-- `nn.Conv2d`: the unfolded input (im2col) times the output gradients, one batched product;
+  sum over samples is (w * b)^T a: ghost clipping without the second backward pass);
+- `nn.Conv2d`: materialized, because its ghost norm sums over pairs of output positions (28x28:
+  600,000 pairs a sample), far more work than the gradient itself. Per sample, input patches
+  times output gradients in one batched product; or, on CPU with 8-32 input channels on large
+  images, oneDNN's weight gradient of one convolution whose groups are the samples;
+- `nn.GroupNorm`: the normalized input times the output gradients, summed over positions;
 - every other layer type: Opacus's registered per-sample gradient samplers.
 Tests check the result against Opacus's `GradSampleModule` and its optimizer's clipping.
 """
@@ -191,6 +196,23 @@ def parametrized_layers(model: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One layer's run in a forward pass: its input, its output (whose gradient `compute` takes),
+    and the tensor the rest of the model got, with that tensor's version when handed on."""
+
+    name: str
+    activations: torch.Tensor
+    output: torch.Tensor
+    passed_on: torch.Tensor
+    version: int
+
+    @property
+    def written_after(self) -> bool:
+        """Whether a later op wrote into the handed-on tensor (in place ops bump its version)."""
+        return self.passed_on._version != self.version
+
+
 class PerSampleGradients:
     """Per-sample gradients of a model's parametrized layers, and the noisy step built on them.
 
@@ -204,7 +226,8 @@ class PerSampleGradients:
         self.trainable = {name: [p for p in layer.parameters(recurse=False) if p.requires_grad]
                            for name, layer in self.layers.items()}
         self._names = {layer: name for name, layer in self.layers.items()}
-        self._calls: list[tuple[str, torch.Tensor, torch.Tensor]] | None = None
+        self._calls: list[_Call] | None = None
+        self._written: dict[str, bool] = {}
         self._handles = [layer.register_forward_hook(self._record) for layer in self.layers.values()]
 
     def __enter__(self) -> PerSampleGradients:
@@ -221,10 +244,14 @@ class PerSampleGradients:
     def _record(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
         if self._calls is None:
             return None
-        self._calls.append((self._names[layer], inputs[0].detach(), output))
-        # The rest of the model gets a copy: an in-place op after the layer (ReLU(inplace=True))
-        # would otherwise change the very tensor whose gradient `compute` asks for.
-        return output.clone()
+        name = self._names[layer]
+        # An in-place op after the layer (ReLU(inplace=True)) would change the very tensor whose
+        # gradient `compute` asks for, so the rest of the model gets a copy, until a pass has
+        # shown that nothing writes into this layer's output (saves 10 MB of copies a step on
+        # the Fashion-MNIST cnn at batch 64).
+        passed_on = output if self._written.get(name) is False else output.clone()
+        self._calls.append(_Call(name, inputs[0].detach(), output, passed_on, passed_on._version))
+        return passed_on
 
     def compute(self, inputs: torch.Tensor, labels: torch.Tensor,
                 loss_fn: PerSampleLoss | None = None) -> dict[str, LayerSamples]:
@@ -237,13 +264,16 @@ class PerSampleGradients:
                     else loss_fn(logits, labels).sum())
         finally:
             calls, self._calls = self._calls, None
-        names = [name for name, _, _ in calls]
+        names = [call.name for call in calls]
         if len(set(names)) != len(names):
             raise FedmiaError("a layer runs more than once per forward pass, which per-sample "
                               "clipping does not support; use a model without shared layers")
-        backprops = torch.autograd.grad(loss, [output for _, _, output in calls], allow_unused=True)
-        return {name: layer_samples(self.layers[name], activations, backprop)
-                for (name, activations, _), backprop in zip(calls, backprops) if backprop is not None}
+        self._written.update((call.name, call.written_after) for call in calls)
+        if any(call.written_after and call.passed_on is call.output for call in calls):
+            return self.compute(inputs, labels, loss_fn)  # newly written in place: again, with copies
+        backprops = torch.autograd.grad(loss, [call.output for call in calls], allow_unused=True)
+        return {call.name: layer_samples(self.layers[call.name], call.activations, backprop)
+                for call, backprop in zip(calls, backprops) if backprop is not None}
 
     def check_groups(self, groups: Sequence[ClipGroup]) -> None:
         """Every layer in exactly one group, or some parameter would go unclipped or unnoised."""
