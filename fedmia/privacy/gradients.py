@@ -6,7 +6,7 @@ one group holding every layer; layered DP is one group per layer.
 
 Why not Opacus's `GradSampleModule` and `DPOptimizer`: on fedmia's small models every one of
 its grad-sample modes (hooks, functorch's vmap, expanded weights, ghost clipping) makes a DP step
-3-20x a plain one (`benchmarks/bench_dp.py`), and the optimizer adds one noise std to every
+2-7x a plain one (`benchmarks/bench_dp.py`), and the optimizer adds one noise std to every
 parameter, while layered DP needs one per layer. Here, forward hooks record each parametrized
 layer's input and output, and one `torch.autograd.grad` of the summed loss with respect to those
 outputs gives every layer's per-sample output gradients (no parameter gradient is computed on
@@ -25,6 +25,7 @@ Tests check the result against Opacus's `GradSampleModule` and its optimizer's c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -144,7 +145,7 @@ def _conv2d_weight_samples(layer: nn.Conv2d, activations: torch.Tensor, backprop
     """Per-sample weight gradients, (batch, *weight shape): per sample, output gradients times
     input patches; or, where faster, the weight gradient of one convolution over the whole
     batch stacked as channels with one group per sample (a group's gradient is its sample's)."""
-    batch, positions = len(backprops), backprops[0, 0].numel()
+    batch, positions = len(backprops), math.prod(backprops.shape[2:])
     if _grouped_kernel_is_faster(layer, activations, positions):
         weight = nn.grad.conv2d_weight(
             activations.reshape(1, -1, *activations.shape[2:]), (batch * layer.out_channels, *layer.weight.shape[1:]),
@@ -166,10 +167,10 @@ def _group_norm_samples(layer: nn.GroupNorm, activations: torch.Tensor, backprop
     """Opacus's rule (normalized input times output gradients, summed over positions) with one
     product tensor fewer, which on 28x28 inputs saves a sixth of its time. A GroupNorm with
     parameters is affine, so it has both."""
-    positions = tuple(range(2, backprops.dim()))
+    batch, channels = backprops.shape[:2]
     normalized = nn.functional.group_norm(activations, layer.num_groups, eps=layer.eps)
-    return MaterializedSamples({layer.weight: normalized.mul_(backprops).sum(positions),
-                                layer.bias: backprops.sum(positions)})
+    return MaterializedSamples({layer.weight: normalized.mul_(backprops).reshape(batch, channels, -1).sum(2),
+                                layer.bias: backprops.reshape(batch, channels, -1).sum(2)})
 
 
 def layer_samples(layer: nn.Module, activations: torch.Tensor, backprops: torch.Tensor) -> LayerSamples:

@@ -10,7 +10,7 @@ from torch import nn
 from fedmia.models import build_model
 from fedmia.privacy.gradients import (
     CLIP_STABILIZER, LARGE_IMAGE, ClipGroup, PerSampleGradients, _conv2d_weight_samples,
-    _grouped_kernel_is_faster, _patches)
+    _group_norm_samples, _grouped_kernel_is_faster, _patches)
 
 # Opacus's reference hooks note that the inputs need no gradient: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
@@ -46,6 +46,22 @@ def test_each_convolution_path_gives_per_sample_gradients(channels, size, stride
     assert taken == path
     per_sample = _conv2d_weight_samples(layer, images, output_grads)
     assert torch.allclose(per_sample, per_sample_reference(layer, images, output_grads), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(6,), (6, 5), (6, 5, 4)], ids=["flat", "sequence", "image"])
+def test_group_norm_rule_is_opacus_rule(shape):
+    torch.manual_seed(0)
+    layer = nn.GroupNorm(3, 6)
+    nn.init.normal_(layer.weight)
+    activations = torch.randn(4, *shape)
+    output_grads = torch.randn_like(activations)
+    expected = GradSampleModule.GRAD_SAMPLERS[nn.GroupNorm](layer, [activations], output_grads)
+    weights = torch.rand(4)
+    samples = _group_norm_samples(layer, activations, output_grads)
+    norms = sum(g.flatten(1).square().sum(1) for g in expected.values())
+    assert torch.allclose(samples.squared_norms(), norms, rtol=1e-5)
+    for parameter, total in samples.weighted_sum(weights).items():
+        assert torch.allclose(total, weights @ expected[parameter], atol=1e-5)
 
 
 def opacus_per_sample(model, images, labels):
