@@ -1,8 +1,9 @@
 """The simulation's own overhead: `simulate`'s training phase against the same work in one process.
 
 Both sides run the same clients, rounds, local training (`fedmia.local.run_local_round`), FedAvg
-and per-round test evaluation, from the same prepared run. The one-process side has no Flower,
-Ray, messages or run-directory writes: the ratio is what the federation machinery costs.
+and test evaluation (of the initial model, as `simulate` does, and after every round), from the
+same prepared run. The one-process side has no Flower, Ray, messages or run-directory writes:
+the ratio is what the federation machinery costs.
 Workloads: the default (digits, 20 clients, 5 rounds) and Fashion-MNIST (10 clients, 2 rounds,
 1 local epoch; needs the `dataset-fashion-mnist` package, skipped without it). Only the `loss`
 attack runs after training: the attack phase is not measured here.
@@ -56,7 +57,7 @@ def fedavg(uploads: list[tuple[int, dict[str, torch.Tensor]]]) -> dict[str, torc
 
 def one_process_training(run: PreparedRun) -> tuple[float, dict[str, Any]]:
     """Seconds for every round of the federation's work, in this process, and their split:
-    mean seconds per client round and per round's evaluation."""
+    mean seconds per client round and per evaluation."""
     config = run.config
     per_round = max(1, int(config.clients * config.fraction))
     test_images, test_labels = run.images(run.split.test), run.labels(run.split.test)
@@ -65,6 +66,8 @@ def one_process_training(run: PreparedRun) -> tuple[float, dict[str, Any]]:
     parts: dict[str, list[float]] = {part: [] for part in CLIENT_PARTS}
     evaluation = RunTimer()
     started = time.perf_counter()
+    with evaluation.phase("evaluation"):
+        evaluate_on(run.model_from_state(global_state), test_images, test_labels, config.device)
     for server_round in range(1, config.rounds + 1):
         uploads = []
         for client in sample_clients(config.clients, per_round, config.seed, server_round):
@@ -78,7 +81,7 @@ def one_process_training(run: PreparedRun) -> tuple[float, dict[str, Any]]:
             evaluate_on(run.model_from_state(global_state), test_images, test_labels, config.device)
     seconds = time.perf_counter() - started
     return seconds, {"client_round": {part: sum(v) / len(v) for part, v in parts.items()},
-                     "server_round": {"evaluation": evaluation.seconds()["evaluation"] / config.rounds}}
+                     "server_round": {"evaluation": evaluation.seconds()["evaluation"] / (config.rounds + 1)}}
 
 
 def measure(name: str, settings: dict[str, Any], folder: Path) -> dict[str, Any]:
