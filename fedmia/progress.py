@@ -21,6 +21,7 @@ ATTACK_LINES = 10
 
 class Progress(Protocol):
     def on_prepared(self, done: int, total: int) -> None: ...
+    def on_startup(self, clients: int) -> None: ...
     def on_round(self, summary: RoundSummary) -> None: ...
     def on_attacks(self, total_scopes: int, phase: str = "attacks") -> None: ...
     def on_scope(self, scope: str) -> None: ...
@@ -31,6 +32,9 @@ class SilentProgress:
     """No display (tests, `flwr run`)."""
 
     def on_prepared(self, done: int, total: int) -> None:
+        pass
+
+    def on_startup(self, clients: int) -> None:
         pass
 
     def on_round(self, summary: RoundSummary) -> None:
@@ -76,6 +80,11 @@ class TerminalProgress:
             self.preparing = self.bar.add_task("preparing", total=total, status="diffusion models, teachers")
         self.bar.update(self.preparing, completed=done)
         self._line(f"prepared {done}/{total} clients' defenses")
+
+    def on_startup(self, clients: int) -> None:
+        """The client workers are starting (importing torch, loading the run)."""
+        self.bar.update(self.rounds, status=f"starting {clients} clients")
+        self._line(f"starting {clients} clients")
 
     def on_round(self, summary: RoundSummary) -> None:
         status = f"test acc {summary.test_accuracy:.3f}"

@@ -63,6 +63,10 @@ class ServerControl:
     thread: threading.Thread | None = None
 
 
+#: How long the server waits for every client to register before it gives up.
+NODE_WAIT_S = 300.0
+
+
 class StoppableGrid(Grid):
     """`grid`, except that waiting for replies ends with RunInterrupted once `stop` is set.
 
@@ -81,10 +85,15 @@ class StoppableGrid(Grid):
         if self.stop.is_set():
             raise RunInterrupted("stopped by the driver")
 
-    def wait_for_nodes(self, count: int) -> None:
-        """Flower registers the simulation's nodes while the ServerApp starts: wait for `count`."""
-        while len(list(self.get_node_ids())) < count:
+    def wait_for_nodes(self, count: int, timeout_s: float = NODE_WAIT_S) -> None:
+        """Flower registers the simulation's nodes while the ServerApp starts: wait for `count`,
+        and give up with one line after `timeout_s` (a node that never comes must not hang the run)."""
+        deadline = time.monotonic() + timeout_s
+        while (found := len(list(self.get_node_ids()))) < count:
             self.check()
+            if time.monotonic() > deadline:
+                raise FedmiaError(f"only {found} of {count} clients registered within {timeout_s:.0f} s; "
+                                  "check that every SuperNode (or Ray worker) is running and rerun")
             self.stop.wait(self.poll_interval_s)
 
     def set_run(self, run: Run) -> None:
@@ -247,6 +256,7 @@ def execute_run(grid: Grid, run: PreparedRun, progress: Progress, timer: RunTime
         return MetricRecord({"test-accuracy": record["test_accuracy"], "test-loss": record["test_loss"]})
 
     strategy = build_strategy(config, recorder)
+    progress.on_startup(config.clients)
     with timer.phase("client_startup"):
         stoppable.wait_for_nodes(config.clients)
         strategy.client_of_node(stoppable)

@@ -50,7 +50,7 @@ def read_until(proc: subprocess.Popen, text: str) -> None:
 
 
 @pytest.mark.parametrize("after, delay_s, presses, kept_rounds", [
-    ("round 0/", 2.0, 1, 1),   # round 1: client actors starting
+    ("starting 3 clients", 1.0, 1, 0),   # the client workers starting
     ("round 1/", 0.0, 2, 2),   # round 2: clients training; an impatient second Ctrl-C
 ])
 def test_ctrl_c_exits_130_quickly_with_one_line_and_no_ray_process(tmp_path, after, delay_s, presses,

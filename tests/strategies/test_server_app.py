@@ -53,3 +53,16 @@ def test_the_server_waits_for_every_node_before_identifying_them():
     stop.set()
     with pytest.raises(RunInterrupted):
         StoppableGrid(Registering(0), stop).wait_for_nodes(100)
+
+
+class Missing(Registering):
+    """A federation in which one node never registers."""
+
+    def get_node_ids(self):
+        self.count += 1
+        return [0, 1]
+
+
+def test_a_node_that_never_registers_is_one_line_error_not_a_hang():
+    with pytest.raises(FedmiaError, match="only 2 of 3 clients registered within 0 s"):
+        StoppableGrid(Missing(0), threading.Event()).wait_for_nodes(3, timeout_s=0.05)
