@@ -7,7 +7,6 @@ import os
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import REPORT_KEY, make_client_app
 from fedmia.config import RunConfig
@@ -19,11 +18,7 @@ from fedmia.timing import RunTimer, client_round_seconds, server_round_seconds, 
 PARTS = ("data", "rebuild", "compute", "pack")
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity(monkeypatch):
-    """Messages carry the run's identity, which Flower's runtime normally sets."""
-    for name in ("_run_id", "_task_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture

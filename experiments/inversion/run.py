@@ -27,6 +27,7 @@ import math
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,25 +202,38 @@ def save_grids(folder: Path, cells: list[dict[str, Any]]) -> None:
                   folder / "grids" / name)
 
 
-def run_gradient(dataset_name: str, seeds: list[int]) -> None:
+def over_seeds(dataset_name: str, seeds: list[int], cells_of: Callable[[Any, int, PreparationCache], Any]
+               ) -> tuple[Path, dict[int, Any], dict[int, float]]:
+    """`cells_of(dataset, seed, cache)` for every seed, with one preparation cache for all, and
+    each seed's wall time; the results folder, made ready."""
     dataset = load_dataset(dataset_name)
     folder = RESULTS / dataset_name
     (folder / "grids").mkdir(parents=True, exist_ok=True)
-    per_seed, seconds = {}, {}
+    outputs, seconds = {}, {}
     with tempfile.TemporaryDirectory() as cache_dir:
         cache = PreparationCache(cache_dir)
         for seed in seeds:
             started = time.perf_counter()
-            cells = gradient_cells(dataset, seed, cache)
+            outputs[seed] = cells_of(dataset, seed, cache)
             seconds[seed] = time.perf_counter() - started
-            if seed == seeds[0]:
-                save_grids(folder, cells)
-            per_seed[seed] = [{k: v for k, v in c.items() if k != "grids"} for c in cells]
-    rows = summarize_gradient(per_seed)
-    (folder / "gradient.json").write_text(json.dumps({"seeds": seeds, "rows": rows, "per_seed": {
+    return folder, outputs, seconds
+
+
+def write_results(folder: Path, part: str, seeds: list[int], rows: list[dict[str, Any]],
+                  per_seed: dict[int, list[dict[str, Any]]], markdown: str) -> None:
+    """`part`.json (summary rows and every seed's cells, timings left out) and `part`.md."""
+    (folder / f"{part}.json").write_text(json.dumps({"seeds": seeds, "rows": rows, "per_seed": {
         str(seed): [{k: v for k, v in c.items() if k != "seconds"} for c in cells]
         for seed, cells in per_seed.items()}}, indent=1) + "\n")
-    (folder / "gradient.md").write_text(gradient_markdown(dataset_name, rows, seeds))
+    (folder / f"{part}.md").write_text(markdown)
+
+
+def run_gradient(dataset_name: str, seeds: list[int]) -> None:
+    folder, outputs, seconds = over_seeds(dataset_name, seeds, gradient_cells)
+    save_grids(folder, outputs[seeds[0]])
+    per_seed = {seed: [{k: v for k, v in c.items() if k != "grids"} for c in cells] for seed, cells in outputs.items()}
+    rows = summarize_gradient(per_seed)
+    write_results(folder, "gradient", seeds, rows, per_seed, gradient_markdown(dataset_name, rows, seeds))
     attack_seconds = [s for cells in per_seed.values() for c in cells for s in c["seconds"].values()]
     write_cost(folder, "gradient", seconds, attack_seconds)
 
@@ -302,30 +316,17 @@ def model_markdown(dataset: str, rows: list[dict[str, Any]], seeds: list[int]) -
 
 
 def run_model(dataset_name: str, seeds: list[int]) -> None:
-    dataset = load_dataset(dataset_name)
-    folder = RESULTS / dataset_name
-    (folder / "grids").mkdir(parents=True, exist_ok=True)
-    per_seed, seconds = {}, {}
-    with tempfile.TemporaryDirectory() as cache_dir:
-        cache = PreparationCache(cache_dir)
-        for seed in seeds:
-            started = time.perf_counter()
-            cells, grids = model_cells(dataset, seed, cache)
-            seconds[seed] = time.perf_counter() - started
-            per_seed[seed] = cells
-            if seed == seeds[0]:
-                for (defense, attack), images in grids.items():
-                    name = f"model-{attack}-{defense.split()[0]}.png"
-                    pair_grid(images[: INVERTED // 2], images[INVERTED // 2:], [""] * (INVERTED // 2),
-                              f"{attack} class {PROTECTED}, victim defense: {defense}", folder / "grids" / name)
+    folder, outputs, seconds = over_seeds(dataset_name, seeds, model_cells)
+    for (defense, attack), images in outputs[seeds[0]][1].items():
+        pair_grid(images[: INVERTED // 2], images[INVERTED // 2:], [""] * (INVERTED // 2),
+                  f"{attack} class {PROTECTED}, victim defense: {defense}",
+                  folder / "grids" / f"model-{attack}-{defense.split()[0]}.png")
+    per_seed = {seed: cells for seed, (cells, _) in outputs.items()}
     keys = ("test_accuracy", "protected_class_accuracy", "attack_accuracy", "feature_distance", "frechet")
     rows = [{"defense": cell["defense"], "attack": cell["attack"],
              **{key: spread([cells[i][key] for cells in per_seed.values()]) for key in keys}}
-            for i, cell in enumerate(next(iter(per_seed.values())))]
-    (folder / "model.json").write_text(json.dumps({"seeds": seeds, "rows": rows, "per_seed": {
-        str(seed): [{k: v for k, v in c.items() if k != "seconds"} for c in cells]
-        for seed, cells in per_seed.items()}}, indent=1) + "\n")
-    (folder / "model.md").write_text(model_markdown(dataset_name, rows, seeds))
+            for i, cell in enumerate(per_seed[seeds[0]])]
+    write_results(folder, "model", seeds, rows, per_seed, model_markdown(dataset_name, rows, seeds))
     write_cost(folder, "model", seconds, [c["seconds"]["attack"] for cells in per_seed.values() for c in cells])
 
 

@@ -6,7 +6,6 @@ assigns the target class."""
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from fedmia.defenses.cache import PreparationCache, Prepared
 from fedmia.errors import FedmiaError
@@ -18,12 +17,6 @@ STEPS = 600
 TARGET = 7
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    return (data.images / 16.0).astype(np.float32)[:, None], data.target.astype(np.int64)
 
 
 @pytest.fixture(scope="module")

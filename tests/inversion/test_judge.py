@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from fedmia.errors import FedmiaError
@@ -25,12 +24,6 @@ from fedmia.inversion.judge import (
 TRAIN = 900
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    return (data.images / 16.0).astype(np.float32)[:, None], data.target.astype(np.int64)
 
 
 @pytest.fixture(scope="module")

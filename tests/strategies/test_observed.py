@@ -7,7 +7,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients.app import REPORT_KEY, train_metrics
 from fedmia.config import RunConfig
@@ -17,11 +16,7 @@ from fedmia.run import prepare_run
 from strategies.observed import ObservedStrategy, last_line
 
 
-@pytest.fixture(autouse=True)
-def flower_task_identity(monkeypatch):
-    """Messages carry the run's identity, which Flower's runtime normally sets."""
-    for name in ("_run_id", "_task_id", "_node_id"):
-        monkeypatch.setattr(TaskIdentity, name, 1)
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 from fedmia.errors import FedmiaError
@@ -25,12 +24,6 @@ TRAIN = 1000
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data = load_digits()
-    return (data.images / 16.0).astype(np.float32)[:, None], data.target.astype(np.int64)
 
 
 @pytest.fixture(scope="module")
