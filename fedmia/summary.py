@@ -35,7 +35,6 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
         if not row["trained"]:
             table.add_row(str(row["client"]), row["defense"], str(row["n_train"]), "-", "-", "-", "-")
             continue
-        privacy = row.get("privacy")
         table.add_row(str(row["client"]), row["defense"], str(row["n_train"]), _num(row["test_accuracy"]),
                       formal_epsilon(row), _num(row["eps_lower_bound"], 2),
                       _num(row["attacks"][row["strongest_attack"]]["auc"]))
