@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_diffusion.py
 	$(BIN)/python benchmarks/bench_preparation.py
 	$(BIN)/python benchmarks/bench_inversion.py
+	$(BIN)/python benchmarks/bench_attack_phase.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
