@@ -35,18 +35,20 @@ from fedmia.adversary.scopes import GLOBAL_SCOPE, client_scope, malicious_scope
 from fedmia.adversary.threats import SERVER, malicious_clients
 from fedmia.adversary.views import load
 from fedmia.attacks.spec import INVERSION, AttackSpec, parse_attack_specs
+from fedmia.defenses.cache import PreparationCache
 from fedmia.errors import FedmiaError, one_line
 from fedmia.evaluation import last_client_reports, one_torch_thread
 from fedmia.image_grid import pair_grid
 from fedmia.inversion.base import (
     GRADIENT_INVERSION,
+    MODEL_INVERSION,
     ClientUpdate,
     GradientInversionAttack,
     ModelAccess,
     ModelInversionAttack,
 )
 from fedmia.inversion.judge import EvaluatorCNN, judge_inversion, train_evaluator
-from fedmia.inversion.metrics import score_reconstruction
+from fedmia.inversion.metrics import pairwise_mse, score_reconstruction
 from fedmia.progress import Progress, SilentProgress
 from fedmia.run import PreparedRun
 from fedmia.rundir import REATTACK, FINAL_GLOBAL_MODEL, RunDirectory, client_model_name, file_safe, global_round_name
@@ -110,7 +112,8 @@ def inversion_targets(run: PreparedRun, reports: dict[int, dict[str, Any]]) -> l
 
 
 def check_protected_classes(run: PreparedRun) -> None:
-    """Every protected class exists in the dataset and has members to compare with."""
+    """Every protected class is a class of the dataset (one with fewer than two private records
+    is skipped, and says so, where it is inverted)."""
     for c in run.config.protected_classes:
         if c >= run.dataset.num_classes:
             raise FedmiaError(f"protected class {c} is not a class of {run.config.dataset} "
@@ -170,14 +173,14 @@ def invert_model(run: PreparedRun, target: InversionTarget, model: nn.Module,
                  evaluator: nn.Module) -> dict[str, Any]:
     """Model inversion of one protected class of the final model, judged by the evaluator."""
     assert target.protected_class is not None
-    entry = {"kind": target.spec.build().kind, "attack": target.spec.label, "scope": target.scope,
+    entry = {"kind": MODEL_INVERSION, "attack": target.spec.label, "scope": target.scope,
              "adversary": target.adversary, "class": target.protected_class}
     private = private_records(run, target)
     if len(private) < 2:
         return {**entry, "skipped": f"fewer than 2 private records of class {target.protected_class}"}
     pool = public_pool(run, target)
     access = ModelAccess(model, run.images(pool), run.labels(pool), run.dataset.num_classes,
-                         run.prepare_context(0).cache)
+                         PreparationCache(run.config.cache_dir))
     attack: ModelInversionAttack = target.spec.build()
     seed = round_seed(run.config.seed, MODEL_KEY, 0 if target.client is None else target.client + 1,
                       target.protected_class)
@@ -188,18 +191,12 @@ def invert_model(run: PreparedRun, target: InversionTarget, model: nn.Module,
     path = run.rundir.path / FOLDER / f"{target.file_stem}.npz"
     np.savez_compressed(path, images=reconstruction.images, labels=reconstruction.labels,
                         private_images=private_images, private_indices=private)
-    nearest = nearest_records(reconstruction.images, private_images)
+    nearest = pairwise_mse(reconstruction.images, private_images).argmin(1)
     pair_grid(reconstruction.images, private_images[nearest], [""] * len(nearest),
               f"{target.spec.label} on {target.scope}, class {target.protected_class}: inverted (upper), "
               "nearest private record in pixels (lower)", path.with_suffix(".png"))
     return {**entry, "metrics": metrics.to_dict(), "details": reconstruction.details,
             "file": f"{FOLDER}/{path.name}", "seconds": {"attack": reconstruction.seconds}}
-
-
-def nearest_records(images: np.ndarray, records: np.ndarray) -> np.ndarray:
-    flat_i, flat_r = images.reshape(len(images), -1), records.reshape(len(records), -1)
-    squared = (flat_i**2).sum(1)[:, None] + (flat_r**2).sum(1)[None, :] - 2 * flat_i @ flat_r.T
-    return squared.argmin(1)
 
 
 def evaluator_for(run: PreparedRun) -> tuple[nn.Module, dict[str, Any]]:
